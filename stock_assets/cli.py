@@ -1,0 +1,181 @@
+"""`stock-assets`: run the platform on the local stack, or point it at AWS.
+
+    stock-assets demo     start the local stack, load the real data, run the whole pipeline once
+    stock-assets dev      the same stack, plus the Dagster UI and daemon (sensors run)
+    stock-assets stack    only the local stack (moto + PostgreSQL); prints the environment
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_WORKDIR = Path(".stock_assets")
+
+
+def _exit_on_sigterm() -> None:
+    # SIGTERM would skip atexit hooks (the embedded PostgreSQL stop); make it a normal exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def _start_stack(workdir: Path, seed: bool = True):
+    from stock_assets.local.seed import find_data_dir, seed_source_bucket
+    from stock_assets.local.stack import LocalStack
+    from stock_assets.settings import Naming
+
+    stack = LocalStack(workdir=workdir.resolve())
+    print(f"starting the local stack in {stack.workdir} …", flush=True)
+    stack.start()
+    stack.apply_env()
+    # Dagster's own storage for local runs: kept with the stack so the UI shows past runs.
+    dagster_home = stack.workdir / "dagster_home"
+    dagster_home.mkdir(exist_ok=True)
+    instance_yaml = dagster_home / "dagster.yaml"
+    if not instance_yaml.exists():
+        # Local runs keep Dagster's own records in SQLite here; production uses dagster.yaml
+        # at the repository root (PostgreSQL-backed).
+        instance_yaml.write_text("telemetry:\n  enabled: false\n")
+    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
+    if seed:
+        import boto3
+
+        data_dir = find_data_dir()
+        started = time.perf_counter()
+        result = seed_source_bucket(boto3.client("s3"), Naming.from_env(), data_dir)
+        print(
+            f"seeded s3://{result.source_bucket}/ with {result.files_uploaded} files "
+            f"({result.bytes_uploaded / 1e6:.1f} MB from {data_dir}) "
+            f"in {time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
+    return stack
+
+
+def _print_env(stack) -> None:
+    print("\nenvironment pointing at the local stack:")
+    for name, value in stack.env.items():
+        print(f"  export {name}='{value}'")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    stack = _start_stack(args.workdir)
+    try:
+        import boto3
+        from dagster import DagsterInstance
+
+        from stock_assets.definitions import defs
+        from stock_assets.jobs import STOCK_PIPELINE_JOB
+        from stock_assets.pipeline.load import count_rows
+        from stock_assets.settings import OUTPUT_KEY, TABLE_NAME, Naming
+
+        print(f"running {STOCK_PIPELINE_JOB} …", flush=True)
+        started = time.perf_counter()
+        job = defs.resolve_job_def(STOCK_PIPELINE_JOB)
+        result = job.execute_in_process(instance=DagsterInstance.get(), raise_on_error=False)
+        seconds = time.perf_counter() - started
+        if not result.success:
+            print(f"\nthe run FAILED after {seconds:.1f}s (run id {result.run_id})", file=sys.stderr)
+            return 1
+
+        naming = Naming.from_env()
+        local_copy = stack.workdir / "output" / "historical_stock_data.csv"
+        local_copy.parent.mkdir(exist_ok=True)
+        boto3.client("s3").download_file(naming.source_bucket, OUTPUT_KEY, str(local_copy))
+        import psycopg2
+
+        with psycopg2.connect(stack.postgres.url) as conn, conn.cursor() as cur:
+            rows = count_rows(cur, TABLE_NAME)
+        csv_meta = result.asset_materializations_for_node("historical_stock_data_csv")[0].metadata
+        print(
+            f"\nthe pipeline succeeded in {seconds:.1f}s (run id {result.run_id})\n"
+            f"  rows read {csv_meta['rows_read'].value}, written {csv_meta['dagster/row_count'].value}, "
+            f"rejected {csv_meta['rows_rejected'].value}; files skipped "
+            f"{csv_meta['files_skipped'].value}\n"
+            f"  CSV    s3://{naming.source_bucket}/{OUTPUT_KEY}\n"
+            f"         local copy: {local_copy}\n"
+            f"  table  {TABLE_NAME}: {rows} rows in PostgreSQL at {stack.postgres.url}\n"
+            f"         (data kept in {stack.postgres.pgdata})\n"
+            f"  look   psql '{stack.postgres.url}' -c 'SELECT * FROM {TABLE_NAME} LIMIT 5'\n"
+            f"  UI     stock-assets dev   then open http://127.0.0.1:3000 (this run is listed)"
+        )
+        return 0
+    finally:
+        stack.stop()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    stack = _start_stack(args.workdir)
+    _print_env(stack)
+    env = dict(os.environ)
+    command = [
+        sys.executable, "-m", "dagster", "dev",
+        "-m", "stock_assets.definitions",
+        "-h", "127.0.0.1", "-p", str(args.port),
+    ]  # fmt: skip
+    print(f"\nDagster UI on http://127.0.0.1:{args.port} (Ctrl-C stops everything)", flush=True)
+    # Default signal handling in the child, so Ctrl-C/SIGTERM stop it cleanly (see FIELD-NOTES).
+    process = subprocess.Popen(
+        command,
+        env=env,
+        preexec_fn=lambda: (
+            signal.signal(signal.SIGINT, signal.SIG_DFL),
+            signal.signal(signal.SIGTERM, signal.SIG_DFL),
+        ),
+    )
+    try:
+        return process.wait()
+    except (KeyboardInterrupt, SystemExit):
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        return 0
+    finally:
+        stack.stop()
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    stack = _start_stack(args.workdir, seed=not args.no_seed)
+    _print_env(stack)
+    print("\nthe stack runs until Ctrl-C", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        return 0
+    finally:
+        stack.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stock-assets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                        help="where the local stack keeps its state (default: .stock_assets)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="run the whole pipeline once on the local stack").set_defaults(
+        func=cmd_demo
+    )
+    dev = sub.add_parser("dev", help="local stack + Dagster UI and daemon")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(func=cmd_dev)
+    stack = sub.add_parser("stack", help="only the local stack; prints its environment")
+    stack.add_argument("--no-seed", action="store_true", help="do not create buckets or upload")
+    stack.set_defaults(func=cmd_stack)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _exit_on_sigterm()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

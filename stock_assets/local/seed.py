@@ -1,0 +1,112 @@
+"""Create the course's buckets and folders and upload the data the project ships.
+
+Works against moto and against AWS alike (it only uses boto3).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stock_assets.pipeline.load import read_sql
+from stock_assets.settings import FILTER_KEY, SCRIPTS_PREFIX, SOURCE_FOLDERS, STOCKS_PREFIX, Naming
+
+ARCHIVE_NAME = "stocks_top1000.tar.xz"
+FILTER_NAME = "top_companies.txt"
+
+
+def find_data_dir() -> Path:
+    """Where the real data lives: $STOCK_ASSETS_DATA_DIR, else the repository's `data/`."""
+    configured = os.environ.get("STOCK_ASSETS_DATA_DIR")
+    candidates = [Path(configured)] if configured else []
+    candidates.append(Path(__file__).resolve().parents[2] / "data")
+    for candidate in candidates:
+        if (candidate / FILTER_NAME).exists():
+            return candidate
+    raise FileNotFoundError(
+        "no data folder with top_companies.txt found; set STOCK_ASSETS_DATA_DIR "
+        f"(looked in {', '.join(map(str, candidates))})"
+    )
+
+
+def stock_files(data_dir: Path) -> Iterator[tuple[str, bytes]]:
+    """(file name, bytes) for each stock file: from the archive, else from a Stocks/ folder."""
+    archive = data_dir / ARCHIVE_NAME
+    if archive.exists():
+        with tarfile.open(archive, "r:xz") as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith(".csv"):
+                    extracted = tar.extractfile(member)
+                    assert extracted is not None
+                    yield Path(member.name).name, extracted.read()
+        return
+    folder = data_dir / "Stocks"
+    for path in sorted(folder.glob("*.csv")):
+        yield path.name, path.read_bytes()
+
+
+def ensure_bucket(client: Any, bucket: str, region: str) -> None:
+    try:
+        client.head_bucket(Bucket=bucket)
+        return
+    except client.exceptions.ClientError:
+        pass
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    client.create_bucket(**kwargs)
+
+
+@dataclass
+class SeedResult:
+    source_bucket: str
+    monitored_bucket: str
+    files_uploaded: int
+    bytes_uploaded: int
+
+
+def upload_files(
+    client: Any, bucket: str, files: Iterator[tuple[str, bytes]], prefix: str = STOCKS_PREFIX
+) -> tuple[int, int]:
+    count = size = 0
+
+    def put(item: tuple[str, bytes]) -> int:
+        name, body = item
+        client.put_object(Bucket=bucket, Key=f"{prefix}{name}", Body=body)
+        return len(body)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for written in pool.map(put, files):
+            count += 1
+            size += written
+    return count, size
+
+
+def seed_source_bucket(
+    client: Any,
+    naming: Naming,
+    data_dir: Path | None = None,
+    region: str = "eu-west-1",
+    filter_bytes: bytes | None = None,
+    files: Iterator[tuple[str, bytes]] | None = None,
+) -> SeedResult:
+    """Buckets, the four folders, Stocks/, the filter file and Scripts/insert_query.sql."""
+    data_dir = data_dir or find_data_dir()
+    source, monitored = naming.source_bucket, naming.monitored_bucket
+    ensure_bucket(client, source, region)
+    ensure_bucket(client, monitored, region)
+    for folder in SOURCE_FOLDERS:
+        client.put_object(Bucket=source, Key=folder, Body=b"")
+    if filter_bytes is None:
+        filter_bytes = (data_dir / FILTER_NAME).read_bytes()
+    client.put_object(Bucket=source, Key=FILTER_KEY, Body=filter_bytes)
+    client.put_object(
+        Bucket=source, Key=f"{SCRIPTS_PREFIX}insert_query.sql", Body=read_sql("insert_query.sql")
+    )
+    count, size = upload_files(client, source, files if files is not None else stock_files(data_dir))
+    return SeedResult(source, monitored, count, size)

