@@ -5,7 +5,6 @@ Nothing is handed from asset to asset through an I/O manager: each one reads its
 S3, so any of them can be (re)materialised alone from the UI.
 """
 
-
 import time
 from typing import Any
 
@@ -49,9 +48,7 @@ from stock_assets.settings import (
 )
 
 GROUP = "stock_market"
-TABLE_SCHEMA = TableSchema(
-    columns=[TableColumn(name, "varchar(56)") for name in OUTPUT_COLUMNS]
-)
+TABLE_SCHEMA = TableSchema(columns=[TableColumn(name, "varchar(56)") for name in OUTPUT_COLUMNS])
 # Object metadata on the output CSV, so the table asset knows what to expect when run alone.
 ROWS_META = "row-count"
 FINGERPRINT_META = "content-fingerprint"
@@ -285,7 +282,9 @@ def historical_stocks_data(
     with postgres.connect() as conn:
         result = load_csv(conn, body, checks=[check_row_count(expected_rows)], table=postgres.table)
         preview = preview_rows(conn, 5, postgres.table)
-    context.log.info(f"loaded {result.rows_loaded} rows into {postgres.table} in {result.seconds:.1f}s")
+    context.log.info(
+        f"loaded {result.rows_loaded} rows into {postgres.table} in {result.seconds:.1f}s"
+    )
     return MaterializeResult(
         data_version=DataVersion(object_meta.get(FINGERPRINT_META, head["ETag"].strip('"'))),
         metadata={
@@ -304,4 +303,3 @@ def historical_stocks_data(
             "checks": MetadataValue.json(result.checks),
         },
     )
-

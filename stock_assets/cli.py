@@ -1,8 +1,8 @@
 """`stock-assets`: run the platform on the local stack, or point it at AWS.
 
-    stock-assets demo     start the local stack, load the real data, run the whole pipeline once
-    stock-assets dev      the same stack, plus the Dagster UI and daemon (sensors run)
-    stock-assets stack    only the local stack (moto + PostgreSQL); prints the environment
+stock-assets demo     start the local stack, load the real data, run the whole pipeline once
+stock-assets dev      the same stack, plus the Dagster UI and daemon (sensors run)
+stock-assets stack    only the local stack (moto + PostgreSQL); prints the environment
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result = job.execute_in_process(instance=DagsterInstance.get(), raise_on_error=False)
         seconds = time.perf_counter() - started
         if not result.success:
-            print(f"\nthe run FAILED after {seconds:.1f}s (run id {result.run_id})", file=sys.stderr)
+            print(
+                f"\nthe run FAILED after {seconds:.1f}s (run id {result.run_id})", file=sys.stderr
+            )
             return 1
 
         naming = Naming.from_env()
@@ -154,10 +156,17 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stock-assets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                        help="where the local stack keeps its state (default: .stock_assets)")
+    parser = argparse.ArgumentParser(
+        prog="stock-assets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help="where the local stack keeps its state (default: .stock_assets)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run the whole pipeline once on the local stack").set_defaults(
         func=cmd_demo

@@ -108,5 +108,7 @@ def seed_source_bucket(
     client.put_object(
         Bucket=source, Key=f"{SCRIPTS_PREFIX}insert_query.sql", Body=read_sql("insert_query.sql")
     )
-    count, size = upload_files(client, source, files if files is not None else stock_files(data_dir))
+    count, size = upload_files(
+        client, source, files if files is not None else stock_files(data_dir)
+    )
     return SeedResult(source, monitored, count, size)

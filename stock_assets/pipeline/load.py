@@ -112,7 +112,5 @@ def load_csv(
 
 def preview_rows(conn: Any, limit: int = 5, table: str = TABLE_NAME) -> list[tuple]:
     with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("SELECT * FROM {} LIMIT %s").format(sql.Identifier(table)), (limit,)
-        )
+        cur.execute(sql.SQL("SELECT * FROM {} LIMIT %s").format(sql.Identifier(table)), (limit,))
         return cur.fetchall()

@@ -130,9 +130,7 @@ def _read_raw_csv(data: bytes, file_name: str) -> tuple[pa.Table, list[RejectedR
             # One block per file, so a single very long line is parsed, not refused.
             block_size=max(len(data) + 1, 1 << 16),
         ),
-        parse_options=pv.ParseOptions(
-            invalid_row_handler=on_invalid_row, ignore_empty_lines=False
-        ),
+        parse_options=pv.ParseOptions(invalid_row_handler=on_invalid_row, ignore_empty_lines=False),
         convert_options=pv.ConvertOptions(
             column_types={name: pa.string() for name in RAW_COLUMNS},
             strings_can_be_null=False,
@@ -259,7 +257,9 @@ def _mark_duplicate_dates(
     keep[candidates[first]] = True
     repeats = np.flatnonzero(valid & ~keep)
     for i in repeats:
-        problems[i] = f"duplicate (company_name, stock_date): {dates[i]} appears earlier in the file"
+        problems[i] = (
+            f"duplicate (company_name, stock_date): {dates[i]} appears earlier in the file"
+        )
     return valid & keep
 
 

@@ -1,0 +1,93 @@
+"""Shared fixtures: the real local stack (moto server + embedded PostgreSQL), reset per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from stock_assets.local.seed import seed_source_bucket
+from stock_assets.local.stack import LocalStack
+from stock_assets.settings import TABLE_NAME, Naming
+
+TESTS_DATA = Path(__file__).parent / "data"
+SAMPLE_STOCKS = TESTS_DATA / "Stocks"
+SAMPLE_FILTER = TESTS_DATA / "top_companies_sample.txt"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def sample_files(names: list[str] | None = None) -> list[tuple[str, bytes]]:
+    paths = sorted(SAMPLE_STOCKS.glob("*.csv"))
+    return [(p.name, p.read_bytes()) for p in paths if names is None or p.name in names]
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """One moto server and one PostgreSQL server for the whole test session."""
+    stack = LocalStack(workdir=tmp_path_factory.mktemp("stack"))
+    stack.start()
+    saved = {name: os.environ.get(name) for name in stack.env}
+    stack.apply_env()
+    # Tests use the default names (Dora Explorer) unless they say otherwise.
+    for name in list(os.environ):
+        if name.startswith("STOCK_ASSETS_") and name != "STOCK_ASSETS_DATABASE_URL":
+            del os.environ[name]
+    yield stack
+    stack.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def s3_client(local_stack: LocalStack):
+    return boto3.client("s3")
+
+
+@pytest.fixture
+def naming() -> Naming:
+    return Naming()
+
+
+@pytest.fixture
+def db(local_stack: LocalStack) -> Iterator:
+    conn = psycopg2.connect(local_stack.env["STOCK_ASSETS_DATABASE_URL"])
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def clean_stack(local_stack: LocalStack, db) -> LocalStack:
+    """Empty S3/SNS and no target table: each test starts from nothing."""
+    local_stack.moto.reset()
+    with db.cursor() as cur:
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE_NAME)))
+    return local_stack
+
+
+@pytest.fixture
+def seeded_stack(clean_stack: LocalStack, s3_client, naming: Naming) -> LocalStack:
+    """The course's bucket layout with the real sample files and a filter naming them."""
+    seed_source_bucket(
+        s3_client,
+        naming,
+        data_dir=TESTS_DATA,
+        filter_bytes=SAMPLE_FILTER.read_bytes(),
+        files=iter(sample_files()),
+    )
+    return clean_stack
+
+
+def table_rows(db, order: bool = False) -> list[tuple]:
+    with db.cursor() as cur:
+        cur.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(TABLE_NAME)))
+        return cur.fetchall()
