@@ -1,0 +1,29 @@
+# The two commands of the quick start, and a few more. Each makes the virtualenv if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test dev lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## run the whole pipeline once on the local stack (real data)
+	$(VENV)/bin/stock-assets demo
+
+test: $(STAMP)  ## lint + the whole test suite against the real local stack
+	$(VENV)/bin/ruff check stock_assets stock_assets_tests
+	$(VENV)/bin/pytest
+
+dev: $(STAMP)  ## local stack + Dagster UI and daemon on http://127.0.0.1:3000
+	$(VENV)/bin/stock-assets dev
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check stock_assets stock_assets_tests
+	$(VENV)/bin/ruff format --check stock_assets stock_assets_tests
+
+clean:
+	rm -rf $(VENV) .stock_assets
