@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -111,12 +110,9 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server now (the library would otherwise do it at interpreter exit)."""
-        pid_file = self.pgdata / "postmaster.pid"
-        if pid_file.exists():
-            try:
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGINT)  # fast shutdown
-            except (ProcessLookupError, ValueError):
-                pass
+        if self._server is not None:
+            self._server._cleanup()  # type: ignore[attr-defined]  # pg_ctl stop, once
+            self._server = None
 
 
 @dataclass

@@ -162,9 +162,13 @@ def _first_problem(table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
     checks: list[tuple[pa.Array, str]] = []
 
     dates = table["Date"]
-    date_ok = pc.and_(
-        pc.match_substring_regex(dates, _DATE_PATTERN),
-        pc.is_valid(pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)),
+    # Arrow's strptime rolls impossible dates over (2020-02-30 → 2020-03-01), so a date is
+    # valid only if it parses and prints back as the same text.
+    parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
+    round_trip = pc.strftime(parsed, format="%Y-%m-%d")
+    date_ok = pc.fill_null(
+        pc.and_(pc.match_substring_regex(dates, _DATE_PATTERN), pc.equal(round_trip, dates)),
+        False,
     )
     checks.append((date_ok, "Date is not a valid ISO date (YYYY-MM-DD)"))
     for name in PRICE_COLUMNS:
