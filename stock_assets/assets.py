@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     DataVersion,
     Failure,
@@ -22,8 +24,26 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
+from stock_assets.checks import (
+    CSV,
+    CSV_CHECKS,
+    TABLE,
+    TABLE_CHECKS,
+    TABLE_FRESHNESS,
+    TOP_COMPANIES,
+    TOP_COMPANIES_CHECKS,
+    finding_result,
+    result,
+)
+from stock_assets.pipeline import quality
 from stock_assets.pipeline.companies import CompanyFilter, FilterFileError, parse_company_filter
-from stock_assets.pipeline.load import check_row_count, load_csv, preview_rows
+from stock_assets.pipeline.load import (
+    LoadCheckFailed,
+    check_no_duplicate_keys,
+    check_table_matches_csv,
+    load_csv,
+    preview_rows,
+)
 from stock_assets.pipeline.output import (
     content_fingerprint,
     output_csv_bytes,
@@ -52,6 +72,8 @@ TABLE_SCHEMA = TableSchema(columns=[TableColumn(name, "varchar(56)") for name in
 # Object metadata on the output CSV, so the table asset knows what to expect when run alone.
 ROWS_META = "row-count"
 FINGERPRINT_META = "content-fingerprint"
+CRC32_META = "content-crc32"
+DUPLICATES_META = "duplicate-keys"
 RUN_META = "dagster-run-id"
 
 
@@ -106,47 +128,75 @@ def _load_filter(client: Any, bucket: str, max_files: int) -> CompanyFilter:
 @asset(
     group_name=GROUP,
     kinds={"s3"},
+    check_specs=TOP_COMPANIES_CHECKS,
     description="`CompanyNames/top_companies.txt`, parsed and validated into the ordered list "
     "of files to process.",
 )
-def top_companies(
-    context: AssetExecutionContext, s3: S3Resource, settings: PipelineSettings
-) -> MaterializeResult:
+def top_companies(context: AssetExecutionContext, s3: S3Resource, settings: PipelineSettings):
     client = s3.get_client()
     bucket = settings.naming.source_bucket
-    company_filter = _load_filter(client, bucket, settings.max_files)
+    try:
+        company_filter = _load_filter(client, bucket, settings.max_files)
+    except Failure as err:
+        yield result(TOP_COMPANIES, "filter_file_valid", False, {"problem": err.description})
+        raise
     present = {o.name for o in list_objects(client, bucket, STOCKS_PREFIX)}
     missing = [f for f in company_filter.files if f not in present]
     if missing:
         context.log.warning(f"{len(missing)} filter entries have no file under Stocks/")
-    return MaterializeResult(
+    invalid = [f"{i.entry!r}: {i.reason}" for i in company_filter.invalid]
+    checks = [
+        result(
+            TOP_COMPANIES,
+            "filter_file_valid",
+            True,
+            {
+                "entries": company_filter.entries,
+                "files_selected": len(company_filter.files),
+                "max_files": settings.max_files,
+                "duplicates_dropped": len(company_filter.duplicates),
+                "invalid_entries": len(invalid),
+                "invalid_examples": MetadataValue.json(invalid[:20]),
+            },
+        ),
+        finding_result(
+            TOP_COMPANIES, "filter_names_have_files", quality.Finding(len(missing), missing[:10])
+        ),
+    ]
+    yield MaterializeResult(
         metadata={
             "entries": company_filter.entries,
             "files_selected": len(company_filter.files),
             "duplicates_dropped": len(company_filter.duplicates),
-            "invalid_entries": len(company_filter.invalid),
+            "invalid_entries": len(invalid),
             "names_without_file": len(missing),
             "names_without_file_examples": ", ".join(missing[:20]) or "none",
             "first_files": ", ".join(company_filter.files[:10]),
             "location": MetadataValue.url(s3_uri(bucket, FILTER_KEY)),
         },
         data_version=DataVersion(content_fingerprint("\n".join(company_filter.files).encode())),
+        check_results=checks,
     )
 
 
-def _check_input_limits(selected: list[S3Object], settings: PipelineSettings) -> None:
-    if len(selected) > settings.max_files:
-        raise InputLimitExceeded(
-            f"{len(selected)} files selected; the limit is {settings.max_files} per run"
-        )
+def _input_limits(selected: list[S3Object], settings: PipelineSettings) -> AssetCheckResult:
     too_big = [o for o in selected if o.size > settings.max_file_bytes]
-    if too_big:
+    metadata: dict[str, Any] = {
+        "files": len(selected),
+        "max_files": settings.max_files,
+        "largest_bytes": max((o.size for o in selected), default=0),
+        "max_file_bytes": settings.max_file_bytes,
+    }
+    if len(selected) > settings.max_files:
+        metadata["problem"] = f"{len(selected)} files selected; the limit is {settings.max_files}"
+    elif too_big:
         listed = ", ".join(f"{o.name} ({o.size} bytes)" for o in too_big[:10])
-        raise InputLimitExceeded(
+        metadata["problem"] = (
             f"{len(too_big)} selected files exceed the {settings.max_file_bytes}-byte limit: "
-            f"{listed}. Nothing was read. Raise max_file_bytes if these files are expected.",
-            metadata={"oversized_files": MetadataValue.json([o.name for o in too_big])},
+            f"{listed}. Nothing was read. Raise max_file_bytes if these files are expected."
         )
+        metadata["oversized_files"] = MetadataValue.json([o.name for o in too_big])
+    return result(CSV, "input_limits", "problem" not in metadata, metadata)
 
 
 def _write_rejects(
@@ -166,30 +216,110 @@ def _write_rejects(
     return written
 
 
+def _csv_checks(
+    combined: Any,
+    selected_files: int,
+    skipped: list[FileResult],
+    rejects: dict[str, str],
+    settings: PipelineSettings,
+) -> tuple[list[AssetCheckResult], int]:
+    """Every check on the CSV, from the data in hand; also returns the duplicate-key count."""
+    table = combined.table
+    rows, rejected = table.num_rows, combined.rows_rejected
+    read_ok = sum(1 for f in combined.files if not f.skip_reason)
+    duplicates = quality.duplicate_keys(table)
+    formats = quality.format_problems(table)
+    reject_share = rejected / combined.rows_read if combined.rows_read else 0.0
+    by_reason = quality.rejects_by_reason(combined.rejected_rows)
+    checks = [
+        result(CSV, "files_reconcile", read_ok + len(skipped) == selected_files, {
+            "files_selected": selected_files, "files_read": read_ok,
+            "files_skipped": len(skipped),
+        }),
+        result(CSV, "rows_reconcile", combined.rows_read == rows + rejected, {
+            "rows_read": combined.rows_read, "rows_written": rows, "rows_rejected": rejected,
+        }),
+        result(CSV, "no_duplicate_keys", not duplicates.found, {
+            "duplicates": duplicates.count,
+            "examples": MetadataValue.json(duplicates.examples),
+            "duplicates_rejected_upstream": sum(
+                n for reason, n in by_reason.items() if reason.startswith("duplicate")
+            ),
+        }),
+        result(CSV, "formats_valid", not formats, {
+            "rows_checked": rows,
+            "problems": MetadataValue.json(
+                {c: {"count": f.count, "examples": f.examples} for c, f in formats.items()}
+            ),
+            "rows_rejected_for_format_upstream": sum(
+                n for reason, n in by_reason.items() if not reason.startswith("duplicate")
+            ),
+        }),
+        AssetCheckResult(
+            asset_key=CSV,
+            check_name="rejected_rows",
+            passed=rejected == 0,
+            # A few bad rows are the source's normal state: warn. Many mean a broken input.
+            severity=AssetCheckSeverity.ERROR
+            if reject_share > settings.max_reject_fraction
+            else AssetCheckSeverity.WARN,
+            metadata={
+                "count": rejected,
+                "share_of_rows_read": round(reject_share, 6),
+                "max_reject_fraction": settings.max_reject_fraction,
+                "by_reason": MetadataValue.json(by_reason),
+                "examples": MetadataValue.json(
+                    [f"{r.file_name}:{r.line} {r.reason}" for r in combined.rejected_rows[:10]]
+                ),
+                "kept_at": rejects.get("rejected_rows", "none"),
+            },
+        ),
+        finding_result(
+            CSV, "skipped_files",
+            quality.Finding(len(skipped), [f"{f.file_name}: {f.skip_reason}" for f in skipped][:10]),
+            kept_at=rejects.get("skipped_files", "none"),
+        ),
+        finding_result(CSV, "open_zero_rows", quality.open_zero_rows(table)),
+        finding_result(CSV, "ohlc_consistency", quality.ohlc_inconsistencies(table)),
+        finding_result(CSV, "zero_volume", quality.zero_volume_rows(table)),
+    ]  # fmt: skip
+    return checks, duplicates.count
+
+
+def _blocking_failures(checks: list[AssetCheckResult]) -> list[AssetCheckResult]:
+    return [c for c in checks if not c.passed and c.severity == AssetCheckSeverity.ERROR]
+
+
 @asset(
     deps=[raw_stock_files, top_companies],
     group_name=GROUP,
     kinds={"s3", "csv"},
+    check_specs=CSV_CHECKS,
     description="`Output/historical_stock_data.csv`: the listed companies' rows in filter "
     "order, with daily_percent_change and value_change; no header.",
 )
 def historical_stock_data_csv(
     context: AssetExecutionContext, s3: S3Resource, settings: PipelineSettings
-) -> MaterializeResult:
+):
     started = time.perf_counter()
+    steps: dict[str, float] = {}
     client = s3.get_client()
     bucket = settings.naming.source_bucket
     company_filter = _load_filter(client, bucket, settings.max_files)
     listing = {o.name: o for o in list_objects(client, bucket, STOCKS_PREFIX)}
     selected = [listing[f] for f in company_filter.files if f in listing]
-    _check_input_limits(selected, settings)
+    limits = _input_limits(selected, settings)
+    steps["list_seconds"] = time.perf_counter() - started
+    if not limits.passed:
+        yield limits
+        raise InputLimitExceeded(limits.metadata["problem"].value)
 
     missing = [
         FileResult(f, 0, skip_reason="listed in the filter but not found under Stocks/")
         for f in company_filter.files
         if f not in listing
     ]
-    read_started = time.perf_counter()
+    mark = time.perf_counter()
     results = list(
         map_objects(
             client,
@@ -199,30 +329,50 @@ def historical_stock_data_csv(
             max_workers=settings.read_concurrency,
         )
     )
-    read_seconds = time.perf_counter() - read_started
+    steps["read_transform_seconds"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     combined = combine(results)
+    skipped = missing + combined.skipped_files
+    # Rejects are kept whatever happens next, so a failed run still shows what it refused.
+    reject_uris = _write_rejects(client, bucket, context.run_id, skipped, combined)
+    checks, duplicates = _csv_checks(
+        combined, len(company_filter.files), skipped, reject_uris, settings
+    )
+    checks.insert(0, limits)
+    steps["combine_check_seconds"] = time.perf_counter() - mark
+    blocking = _blocking_failures(checks)
+    if blocking:
+        yield from checks
+        names = ", ".join(c.check_name for c in blocking)
+        raise Failure(
+            f"blocking checks failed ({names}); Output/historical_stock_data.csv was not "
+            f"replaced and the table is untouched. Rejects: {reject_uris or 'none'}"
+        )
+
+    mark = time.perf_counter()
     body = output_csv_bytes(combined.table)
     rows = combined.table.num_rows
-    # Reconciliation is structural, but asserted here so a bug can never pass silently.
-    if combined.rows_read != rows + combined.rows_rejected:
-        raise Failure(
-            f"row counts do not reconcile: read {combined.rows_read}, written {rows}, "
-            f"rejected {combined.rows_rejected}"
-        )
-    skipped = missing + combined.skipped_files
-    reject_uris = _write_rejects(client, bucket, context.run_id, skipped, combined)
     fingerprint = content_fingerprint(body)
+    crc32 = quality.line_checksum(body.split(b"\n")[:-1])
     client.put_object(
         Bucket=bucket,
         Key=OUTPUT_KEY,
         Body=body,
         ContentType="text/csv",
-        Metadata={ROWS_META: str(rows), FINGERPRINT_META: fingerprint, RUN_META: context.run_id},
+        Metadata={
+            ROWS_META: str(rows),
+            FINGERPRINT_META: fingerprint,
+            CRC32_META: str(crc32),
+            DUPLICATES_META: str(duplicates),
+            RUN_META: context.run_id,
+        },
     )
+    steps["write_seconds"] = time.perf_counter() - mark
     companies = len({f.company for f in results if f.rows_written})
     preview = combined.table.slice(0, 5).to_pylist()
-    return MaterializeResult(
+    yield MaterializeResult(
         data_version=DataVersion(fingerprint),
+        check_results=checks,
         metadata={
             "dagster/row_count": rows,
             "dagster/column_schema": TABLE_SCHEMA,
@@ -241,10 +391,13 @@ def historical_stock_data_csv(
             "bytes_read": sum(f.bytes_read for f in results),
             "bytes_written": len(body),
             "content_fingerprint": fingerprint,
-            "read_transform_seconds": round(read_seconds, 3),
+            **{name: round(seconds, 3) for name, seconds in steps.items()},
             "duration_seconds": round(time.perf_counter() - started, 3),
             "location": MetadataValue.url(s3_uri(bucket, OUTPUT_KEY)),
             "rejects": MetadataValue.json(reject_uris or {}),
+            "rows_per_year": MetadataValue.md(
+                quality.markdown_bar_chart(quality.rows_per_year(combined.table), "year")
+            ),
             "preview": MetadataValue.md(
                 _markdown_table(OUTPUT_COLUMNS, [list(r.values()) for r in preview])
             ),
@@ -252,10 +405,16 @@ def historical_stock_data_csv(
     )
 
 
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
 @asset(
     deps=[historical_stock_data_csv],
     group_name=GROUP,
     kinds={"postgres"},
+    check_specs=TABLE_CHECKS,
+    freshness_policy=TABLE_FRESHNESS,
     description="PostgreSQL table `historical_stocks_data` (9 × VARCHAR(56)), made equal to the "
     "output CSV by `insert_query.sql` in one transaction.",
 )
@@ -264,7 +423,7 @@ def historical_stocks_data(
     s3: S3Resource,
     postgres: PostgresResource,
     settings: PipelineSettings,
-) -> MaterializeResult:
+):
     client = s3.get_client()
     bucket = settings.naming.source_bucket
     try:
@@ -278,28 +437,43 @@ def historical_stocks_data(
     if ROWS_META not in object_meta:
         raise Failure(f"{s3_uri(bucket, OUTPUT_KEY)} was not written by this pipeline")
     expected_rows = int(object_meta[ROWS_META])
+    # IfMatch: load exactly the object whose metadata was just read, not a newer one.
     body = client.get_object(Bucket=bucket, Key=OUTPUT_KEY, IfMatch=head["ETag"])["Body"]
     with postgres.connect() as conn:
-        result = load_csv(conn, body, checks=[check_row_count(expected_rows)], table=postgres.table)
+        reader = quality.ChecksummingReader(body, quality.checksum_algorithm(conn.server_version))
+        checks = [
+            check_table_matches_csv(
+                expected_rows, _optional_int(object_meta.get(CRC32_META)), reader
+            ),
+            check_no_duplicate_keys(
+                _optional_int(object_meta.get(DUPLICATES_META)), deep=settings.deep_table_checks
+            ),
+        ]
+        try:
+            loaded = load_csv(conn, reader, checks=checks, table=postgres.table)
+        except LoadCheckFailed as err:
+            for outcome in err.outcomes:
+                yield result(TABLE, outcome.name, outcome.passed, outcome.metadata)
+            raise Failure(str(err)) from err
         preview = preview_rows(conn, 5, postgres.table)
     context.log.info(
-        f"loaded {result.rows_loaded} rows into {postgres.table} in {result.seconds:.1f}s"
+        f"loaded {loaded.rows_loaded} rows into {postgres.table} in {loaded.seconds:.1f}s"
     )
-    return MaterializeResult(
+    yield MaterializeResult(
         data_version=DataVersion(object_meta.get(FINGERPRINT_META, head["ETag"].strip('"'))),
+        check_results=[result(TABLE, o.name, o.passed, o.metadata) for o in loaded.checks],
         metadata={
-            "dagster/row_count": result.rows_loaded,
+            "dagster/row_count": loaded.rows_loaded,
             "dagster/column_schema": TABLE_SCHEMA,
             "dagster/table_name": postgres.table,
-            "rows_before": result.rows_before,
+            "rows_before": loaded.rows_before,
             "rows_expected_from_csv": expected_rows,
             "source_csv": MetadataValue.url(s3_uri(bucket, OUTPUT_KEY)),
             "source_run_id": object_meta.get(RUN_META, "unknown"),
             "database": postgres.display_url,
-            "load_seconds": round(result.seconds, 3),
+            "load_seconds": round(loaded.seconds, 3),
             "preview": MetadataValue.md(
                 _markdown_table(OUTPUT_COLUMNS, [list(r) for r in preview])
             ),
-            "checks": MetadataValue.json(result.checks),
         },
     )
