@@ -3,6 +3,9 @@
 stock-assets demo     start the local stack, load the real data, run the whole pipeline once
 stock-assets dev      the same stack, plus the Dagster UI and daemon (sensors run)
 stock-assets stack    only the local stack (moto + PostgreSQL); prints the environment
+stock-assets provision        create the course's buckets, topic, uploads, table (AWS or local)
+stock-assets trigger          drop a .SUCCESS marker in the monitored bucket (starts a run)
+stock-assets notifications    print the SNS messages the local stack (moto) has kept
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ def _start_stack(workdir: Path, seed: bool = True):
             f"in {time.perf_counter() - started:.1f}s",
             flush=True,
         )
+        # The topic the run-status sensors publish to, so notifications work locally.
+        from stock_assets.provision import aws_region
+
+        arn = boto3.client("sns", region_name=aws_region()).create_topic(
+            Name=Naming.from_env().sns_topic
+        )["TopicArn"]
+        print(f"SNS topic {arn} (see messages: stock-assets notifications)", flush=True)
     return stack
 
 
@@ -114,6 +124,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     stack = _start_stack(args.workdir)
     _print_env(stack)
     env = dict(os.environ)
+    # Notification emails link to runs in this UI.
+    env.setdefault("STOCK_ASSETS_UI_URL", f"http://127.0.0.1:{args.port}")
     command = [
         sys.executable, "-m", "dagster", "dev",
         "-m", "stock_assets.definitions",
@@ -177,7 +189,36 @@ def build_parser() -> argparse.ArgumentParser:
     stack = sub.add_parser("stack", help="only the local stack; prints its environment")
     stack.add_argument("--no-seed", action="store_true", help="do not create buckets or upload")
     stack.set_defaults(func=cmd_stack)
+    _add_event_commands(sub)
     return parser
+
+
+def _add_event_commands(sub: argparse._SubParsersAction) -> None:
+    """provision / trigger / notifications: they use the environment (AWS or the local stack)."""
+    from stock_assets.local.sns_inbox import cli_notifications
+    from stock_assets.provision import cli_provision, cli_trigger
+
+    provision = sub.add_parser("provision", help="create the course's AWS resources (idempotent)")
+    provision.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    provision.add_argument(
+        "--email", action="append", help="subscribe this address to the topic (repeatable; "
+        "also STOCK_ASSETS_NOTIFY_EMAILS=a@x,b@y)",
+    )  # fmt: skip
+    provision.add_argument(
+        "--public-grader-policy", action="store_true",
+        help="ALSO make the buckets public as the course's graders need (prints a warning)",
+    )  # fmt: skip
+    provision.add_argument("--static-ip", help="for the grader CSV (or STOCK_ASSETS_STATIC_IP)")
+    provision.add_argument("--filter-file", type=Path, help="default: the data folder's filter")
+    provision.add_argument("--upload-stocks", action="store_true", help="also upload Stocks/")
+    provision.set_defaults(func=cli_provision)
+    trigger = sub.add_parser("trigger", help="drop a .SUCCESS marker in the monitored bucket")
+    trigger.add_argument("--key", help="marker key (default .SUCCESS; 'some/prefix/' allowed)")
+    trigger.set_defaults(func=cli_trigger)
+    inbox = sub.add_parser("notifications", help="print the SNS messages moto has kept")
+    inbox.add_argument("--all-topics", action="store_true", help="not only this project's topic")
+    inbox.add_argument("--json", action="store_true", help="machine-readable output")
+    inbox.set_defaults(func=cli_notifications)
 
 
 def main(argv: list[str] | None = None) -> int:

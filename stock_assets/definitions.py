@@ -1,7 +1,6 @@
 """The Dagster code location: `stock_assets.definitions:defs`."""
 
 from dagster import Definitions, EnvVar, in_process_executor
-from dagster_aws.s3 import S3Resource
 
 from stock_assets.assets import (
     historical_stock_data_csv,
@@ -10,16 +9,29 @@ from stock_assets.assets import (
     top_companies,
 )
 from stock_assets.jobs import stock_pipeline_job
-from stock_assets.resources import PipelineSettings, PostgresResource
+from stock_assets.resources import (
+    PipelineSettings,
+    PostgresResource,
+    SNSResource,
+    StockS3Resource,
+)
+from stock_assets.sensors import (
+    sns_on_pipeline_failure,
+    sns_on_pipeline_success,
+    success_marker_sensor,
+)
 
 defs = Definitions(
     assets=[raw_stock_files, top_companies, historical_stock_data_csv, historical_stocks_data],
     jobs=[stock_pipeline_job],
+    sensors=[success_marker_sensor, sns_on_pipeline_success, sns_on_pipeline_failure],
     resources={
         # Endpoint, region and credentials come from boto3's own environment variables.
-        "s3": S3Resource(),
+        "s3": StockS3Resource(),
         "postgres": PostgresResource(database_url=EnvVar("STOCK_ASSETS_DATABASE_URL")),
         "settings": PipelineSettings.from_env(),
+        # Topic from the naming convention (STOCK_ASSETS_SNS_TOPIC overrides: a name or an ARN).
+        "sns": SNSResource.from_env(),
     },
     executor=in_process_executor,
 )

@@ -6,20 +6,66 @@ AWS endpoints and credentials come from boto3's own variables (`AWS_ENDPOINT_URL
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
+import boto3
 import psycopg2
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from stock_assets.notifications import NotificationError, call_with_retry, sanitise_subject
 from stock_assets.settings import DEFAULT_FIRST_NAME, DEFAULT_SURNAME, TABLE_NAME, Naming
 
-__all__ = ["PipelineSettings", "PostgresResource", "S3Resource", "psycopg2_dsn"]
+__all__ = [
+    "PipelineSettings",
+    "PostgresResource",
+    "S3Resource",
+    "SNSResource",
+    "StockS3Resource",
+    "psycopg2_dsn",
+]
+
+
+class StockS3Resource(S3Resource):
+    """dagster-aws's S3Resource with the timeouts and pool size an unattended pipeline needs.
+
+    Retries: botocore's "standard" mode (exponential backoff with jitter on 5xx, throttling and
+    connection errors), `max_attempts` in all. Timeouts are short so a hung endpoint becomes a
+    retry, then a clean failure, instead of a run stuck for minutes. The pool is large enough for
+    the parallel reads.
+    """
+
+    connect_timeout_seconds: float = Field(default=5.0)
+    read_timeout_seconds: float = Field(default=30.0)
+    max_pool_connections: int = Field(default=32)
+
+    def get_client(self) -> Any:
+        session = boto3.session.Session(profile_name=self.profile_name)
+        return session.client(
+            "s3",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=Config(
+                # total_max_attempts counts the first call too, as max_attempts promises.
+                retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
+                connect_timeout=self.connect_timeout_seconds,
+                read_timeout=self.read_timeout_seconds,
+                max_pool_connections=self.max_pool_connections,
+            ),
+        )
 
 
 def psycopg2_dsn(url: str) -> str:
@@ -75,6 +121,15 @@ class PipelineSettings(ConfigurableResource):
     max_files: int = Field(default=1000, description="Most files one run may read")
     max_file_bytes: int = Field(default=1_000_000, description="Largest input file accepted")
     read_concurrency: int = Field(default=8, description="Parallel S3 GETs")
+    max_reject_fraction: float = Field(
+        default=0.01,
+        description="Above this share of rejected rows the run fails instead of loading",
+    )
+    deep_table_checks: bool = Field(
+        default=False,
+        description="Count duplicate keys in the table itself (a GROUP BY over every row) "
+        "instead of proving it from the CSV's count and the content checksum",
+    )
 
     @property
     def naming(self) -> Naming:
@@ -97,4 +152,97 @@ class PipelineSettings(ConfigurableResource):
             source_bucket=naming.source_bucket_override,
             monitored_bucket=naming.monitored_bucket_override,
             sns_topic=naming.sns_topic_override,
+        )
+
+
+# Errors worth retrying: AWS says "slow down" or "not now"; anything else (no such topic, access
+# denied, bad parameter) will fail the same way again.
+_RETRYABLE_CODES = {
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded",
+    "TooManyRequestsException", "InternalError", "InternalFailure", "ServiceUnavailable",
+    "KMSThrottlingException",
+}  # fmt: skip
+
+
+def is_retryable_aws_error(err: BaseException) -> bool:
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in _RETRYABLE_CODES or status >= 500
+    # Connection refused/reset, timeouts: the endpoint is unreachable for now.
+    return isinstance(err, BotoCoreError)
+
+
+def find_topic_arn(client: Any, name: str) -> str | None:
+    """The ARN of the topic called `name` in the client's account and region, if there is one."""
+    for page in client.get_paginator("list_topics").paginate():
+        for topic in page.get("Topics", []):
+            if topic["TopicArn"].rsplit(":", 1)[-1] == name:
+                return topic["TopicArn"]
+    return None
+
+
+class SNSResource(ConfigurableResource):
+    """Publishes to the course's SNS topic (dagster-aws has no SNS resource).
+
+    The endpoint, region and credentials come from boto3's own variables, so `AWS_ENDPOINT_URL`
+    points it at moto. Publishing is retried a bounded number of times with exponential backoff
+    and then raises `NotificationError`: it runs inside a sensor tick, which must end.
+    """
+
+    topic: str = Field(
+        description="Topic name (looked up in the account) or full ARN. "
+        "Default from the naming convention; override with STOCK_ASSETS_SNS_TOPIC."
+    )
+    region_name: str | None = Field(default=None, description="Default: boto3's own resolution")
+    max_attempts: int = Field(default=3, description="Publish attempts before giving up")
+    backoff_seconds: float = Field(default=1.0, description="First retry delay; doubles each time")
+    timeout_seconds: float = Field(default=5.0, description="Connect and read timeout per call")
+
+    @classmethod
+    def from_env(cls) -> SNSResource:
+        return cls(topic=Naming.from_env().sns_topic)
+
+    def get_client(self) -> Any:
+        config = Config(
+            connect_timeout=self.timeout_seconds,
+            read_timeout=self.timeout_seconds,
+            # Our own loop retries (and logs each attempt); botocore's would multiply the wait.
+            retries={"total_max_attempts": 1},
+        )
+        region = self.region_name or os.environ.get("AWS_REGION") or None
+        return boto3.client("sns", region_name=region, config=config)
+
+    def topic_arn(self, client: Any) -> str:
+        if self.topic.startswith("arn:"):
+            return self.topic
+        # Look the name up rather than CreateTopic: a missing topic is a setup error to report,
+        # not something to paper over with a topic nobody is subscribed to.
+        arn = find_topic_arn(client, self.topic)
+        if arn:
+            return arn
+        raise NotificationError(
+            f"SNS topic {self.topic!r} does not exist in this account/region; "
+            "create it with `stock-assets provision`"
+        )
+
+    def publish(self, subject: str, message: str) -> str:
+        """Publish once (with bounded retries); returns the SNS message id."""
+        client = self.get_client()
+
+        def attempt() -> str:
+            response = client.publish(
+                TopicArn=self.topic_arn(client), Subject=sanitise_subject(subject), Message=message
+            )
+            return response["MessageId"]
+
+        def retryable(err: BaseException) -> bool:
+            return not isinstance(err, NotificationError) and is_retryable_aws_error(err)
+
+        return call_with_retry(
+            attempt,
+            attempts=self.max_attempts,
+            backoff_seconds=self.backoff_seconds,
+            is_retryable=retryable,
+            what=f"SNS publish to {self.topic}",
         )

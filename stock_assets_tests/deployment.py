@@ -66,6 +66,9 @@ class DagsterDeployment:
     port: int = field(default_factory=free_port)
     env_overrides: dict[str, str] = field(default_factory=dict)
     workspace: Path = REPO_ROOT / "workspace.yaml"
+    # Replaces the default webserver/daemon command lines, e.g. with docker-compose.yaml's own
+    # (adapted to loopback) to run the container commands outside Docker.
+    commands: dict[str, list[str]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -81,14 +84,27 @@ class DagsterDeployment:
         env.update(self.env_overrides)
         return env
 
-    def start(self, daemon: bool = True) -> DagsterDeployment:
+    def prepare(self) -> None:
+        """DAGSTER_HOME with the repository's dagster.yaml, and the environment of every process."""
+        if getattr(self, "_env", None) is not None:
+            return
         self.home.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / "dagster.yaml", self.home / "dagster.yaml")
         self._env = self.env
+
+    def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        """Another process of the deployment (e.g. the user code gRPC server), same environment."""
+        self.prepare()
+        self._spawn(name, command)
+        return self.processes[name]
+
+    def start(self, daemon: bool = True) -> DagsterDeployment:
+        self.prepare()
         self._spawn(
             "webserver",
-            [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port),
-             "-w", str(self.workspace)],
+            self.commands.get("webserver")
+            or [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port),
+                "-w", str(self.workspace)],
         )  # fmt: skip
         if daemon:
             self.start_daemon()
@@ -96,7 +112,11 @@ class DagsterDeployment:
         return self
 
     def start_daemon(self) -> None:
-        self._spawn("daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)])
+        self._spawn(
+            "daemon",
+            self.commands.get("daemon")
+            or [str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)],
+        )
 
     def stop_daemon(self) -> None:
         self._stop("daemon")
@@ -123,7 +143,8 @@ class DagsterDeployment:
                 process.wait()
 
     def stop(self) -> None:
-        for name in list(self.processes):
+        # Newest first: the webserver and daemon before a code server they depend on.
+        for name in reversed(list(self.processes)):
             self._stop(name)
 
     def log(self, name: str) -> str:

@@ -87,6 +87,22 @@ def upload_files(
     return count, size
 
 
+def ensure_layout(client: Any, naming: Naming, region: str = "eu-west-1") -> None:
+    """Both buckets and the source bucket's four folders (empty "folder/" objects)."""
+    ensure_bucket(client, naming.source_bucket, region)
+    ensure_bucket(client, naming.monitored_bucket, region)
+    for folder in SOURCE_FOLDERS:
+        client.put_object(Bucket=naming.source_bucket, Key=folder, Body=b"")
+
+
+def upload_filter_and_scripts(client: Any, bucket: str, filter_bytes: bytes) -> list[str]:
+    """CompanyNames/top_companies.txt and the SQL the pipeline runs under Scripts/; their keys."""
+    scripts = {f"{SCRIPTS_PREFIX}insert_query.sql": read_sql("insert_query.sql").encode()}
+    for key, body in {FILTER_KEY: filter_bytes, **scripts}.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    return [FILTER_KEY, *scripts]
+
+
 def seed_source_bucket(
     client: Any,
     naming: Naming,
@@ -98,16 +114,10 @@ def seed_source_bucket(
     """Buckets, the four folders, Stocks/, the filter file and Scripts/insert_query.sql."""
     data_dir = data_dir or find_data_dir()
     source, monitored = naming.source_bucket, naming.monitored_bucket
-    ensure_bucket(client, source, region)
-    ensure_bucket(client, monitored, region)
-    for folder in SOURCE_FOLDERS:
-        client.put_object(Bucket=source, Key=folder, Body=b"")
+    ensure_layout(client, naming, region)
     if filter_bytes is None:
         filter_bytes = (data_dir / FILTER_NAME).read_bytes()
-    client.put_object(Bucket=source, Key=FILTER_KEY, Body=filter_bytes)
-    client.put_object(
-        Bucket=source, Key=f"{SCRIPTS_PREFIX}insert_query.sql", Body=read_sql("insert_query.sql")
-    )
+    upload_filter_and_scripts(client, source, filter_bytes)
     count, size = upload_files(
         client, source, files if files is not None else stock_files(data_dir)
     )

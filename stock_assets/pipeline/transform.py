@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +47,22 @@ _VOLUME_PATTERN = r"^[0-9]+$"
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 
+# The typed fast path (see `_transform_clean_file`) takes a file only if its data lines hold
+# nothing but these bytes. That rules out everything Arrow's typed parsers would tolerate but the
+# row checks refuse: signs, exponents, `nan`/`inf`, spaces, CR, quotes, empty fields are caught
+# by the casts; '-' is allowed only inside dates (checked by counting them).
+_FAST_PATH_BYTES = b"0123456789.,-\n"
+_RAW_STRING_TYPES = {name: pa.string() for name in RAW_COLUMNS}
+# Dates the fast path takes as they are; anything outside goes through the row checks.
+_FAST_FIRST_DAY = (date(1000, 1, 1) - date(1970, 1, 1)).days
+_FAST_LAST_DAY = (date(9999, 12, 31) - date(1970, 1, 1)).days
+# A price written exactly as Python's repr writes it — no leading zeros, a '.', no trailing zero
+# (except "X.0") — with at most 15 digits and a value of at least 1e-4 (or 0) *is*
+# repr(float(text)): any decimal of <= 15 significant digits round-trips through a double, so
+# no shorter string maps to the same double, and repr writes [1e-4, 1e16) without an exponent.
+_REPR_LIKE_MAX_CHARS = 16  # 15 digits and the '.'
+_DOT, _ZERO = ord("."), ord("0")
+
 
 @dataclass(frozen=True)
 class RejectedRow:
@@ -76,34 +93,61 @@ class FileResult:
         return company_name(self.file_name)
 
 
-def format_floats(values: pa.Array | np.ndarray) -> pa.Array:
+def format_floats(values: pa.Array | pa.ChunkedArray | np.ndarray) -> pa.Array:
     """Floats → their shortest round-trip text, as Python's `repr` writes them (`30.0`, `1e-05`).
 
     Arrow's cast is fast and already gives the shortest digits, but writes whole numbers without
-    `.0` and very small or large numbers in a different notation; those few go through `repr`.
-    Nulls stay null (an empty CSV field).
+    `.0` and some numbers in a different exponent notation; only those rows are patched (`.0`
+    appended, or Python's `repr` for the few in exponent territory). Nulls stay null (an empty
+    CSV field). The masks are computed in numpy: a handful of C passes, no per-value Python.
     """
-    array = pa.array(values, type=pa.float64()) if isinstance(values, np.ndarray) else values
+    if isinstance(values, np.ndarray):
+        array = pa.array(values, type=pa.float64())
+    elif isinstance(values, pa.ChunkedArray):
+        array = values.combine_chunks()
+    else:
+        array = values
+    if array.type != pa.float64():
+        array = pc.cast(array, pa.float64())
     text = pc.cast(array, pa.string())
-    magnitude = pc.abs(array)
-    has_exponent = pc.match_substring(text, "e")
-    # Where the notations can differ (exponents, tiny or huge values) Python decides.
-    unusual = pc.or_(
-        has_exponent,
-        pc.or_(
-            pc.and_(pc.less(magnitude, 1e-4), pc.not_equal(magnitude, 0.0)),
-            pc.greater_equal(magnitude, 1e16),
-        ),
-    )
-    unusual = pc.fill_null(unusual, False)
-    # Whole numbers are spotted on the floats (cheap), not by matching the text.
-    whole = pc.and_(pc.equal(pc.floor(array), array), pc.invert(unusual))
-    text = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
-    if pc.any(unusual).as_py():
-        # Rare: fall back to Python for the handful of values in exponent territory.
-        as_python = [None if v is None else repr(float(v)) for v in array.to_pylist()]
-        text = pc.if_else(unusual, pa.array(as_python, pa.string()), text)
+    if len(array) == 0:
+        return text
+    v = array.to_numpy(zero_copy_only=False)  # nulls read as NaN: no mask below selects them
+    with np.errstate(invalid="ignore"):
+        magnitude = np.abs(v)
+        # Where the notations can differ (exponents, tiny or huge values) Python decides.
+        special = ((magnitude < 1e-4) & (magnitude != 0.0)) | (magnitude >= 1e16)
+        special[_rows_containing(text, ord("e"))] = True
+        whole = ~special & (np.floor(v) == v)
+    if whole.any():
+        mask = pa.array(whole)
+        text = pc.replace_with_mask(
+            text, mask, pc.binary_join_element_wise(text.filter(mask), ".0", "")
+        )
+    if special.any():
+        rows = np.flatnonzero(special)
+        as_python = [repr(x) for x in v[rows].tolist()]
+        text = pc.replace_with_mask(text, pa.array(special), pa.array(as_python, pa.string()))
     return text
+
+
+def _rows_containing(text: pa.Array, byte: int) -> np.ndarray:
+    """Indices of the strings in `text` holding `byte`."""
+    offsets, chars = _string_bytes(text)
+    if len(chars) == 0:
+        return np.empty(0, dtype=np.int64)
+    positions = np.flatnonzero(chars[offsets[0] : offsets[-1]] == byte) + offsets[0]
+    return np.unique(np.searchsorted(offsets, positions, side="right") - 1)
+
+
+def _string_bytes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A StringArray's offsets (len + 1 of them) and character bytes, as numpy views (no copy)."""
+    offsets_buffer, data_buffer = text.buffers()[1:3]
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[
+        text.offset : text.offset + len(text) + 1
+    ]
+    chars = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer else np.empty(0, np.uint8)
+    return offsets, chars
 
 
 def _read_raw_csv(data: bytes, file_name: str) -> tuple[pa.Table, list[RejectedRow]]:
@@ -209,21 +253,58 @@ def _raw_text(table: pa.Table, index: int) -> str:
 
 def transform_file(file_name: str, data: bytes) -> FileResult:
     """Validate and transform one raw stock file."""
+    result, data = _start(file_name, data)
+    if result.skip_reason is None and not _transform_clean_file(data, result):
+        _transform_general(data, result)
+    return result
+
+
+def transform_files(
+    files: Iterable[tuple[str, bytes]], batch_bytes: int = 8 << 20
+) -> Iterator[FileResult]:
+    """`transform_file` for each (file name, bytes): the same results, in the same order.
+
+    Clean files (see `_transform_clean_file`) are parsed and transformed together, about
+    `batch_bytes` at a time, so each Arrow call's fixed cost is paid once per batch rather than
+    once per file (for 1,000 small files that is most of the work). `files` is consumed lazily:
+    fed by `map_objects`, downloads go on while a batch is transformed.
+    """
+    pending: list[tuple[FileResult, bytes | None]] = []
+    pending_bytes = 0
+    for file_name, raw_data in files:
+        result, data = _start(file_name, raw_data)
+        if result.skip_reason is None and _clean_data_lines(data) is not None:
+            pending.append((result, data))
+            pending_bytes += len(data)
+        else:
+            if result.skip_reason is None:
+                _transform_general(data, result)
+            pending.append((result, None))
+        if pending_bytes >= batch_bytes:
+            yield from _finish_batch(pending)
+            pending, pending_bytes = [], 0
+    yield from _finish_batch(pending)
+
+
+def _start(file_name: str, data: bytes) -> tuple[FileResult, bytes]:
+    """The checks every file gets first; sets `skip_reason` for files that cannot be read."""
     result = FileResult(file_name=file_name, bytes_read=len(data))
     if not data.strip():
         result.skip_reason = "empty file (no header, no rows)"
-        return result
+        return result, data
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
-    problem = _header_problem(data)
-    if problem:
-        result.skip_reason = problem
-        return result
+    result.skip_reason = _header_problem(data)
+    return result, data
+
+
+def _transform_general(data: bytes, result: FileResult) -> None:
+    """The general path: every row checked, bad rows rejected with their line and reason."""
     try:
-        raw, malformed = _read_raw_csv(data, file_name)
+        raw, malformed = _read_raw_csv(data, result.file_name)
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         result.skip_reason = f"unreadable CSV: {err}"[:300]
-        return result
+        return
 
     # A trailing blank line is not a row; other blank lines are rejected like any bad row.
     result.rows_read = raw.num_rows + len(malformed)
@@ -240,12 +321,13 @@ def transform_file(file_name: str, data: bytes) -> FileResult:
     if not valid.all():
         lines = _line_numbers(raw.num_rows, malformed)
         for i in np.flatnonzero(~valid):
-            rejected.append(RejectedRow(file_name, int(lines[i]), problems[i], _raw_text(raw, i)))
+            rejected.append(
+                RejectedRow(result.file_name, int(lines[i]), problems[i], _raw_text(raw, i))
+            )
         rejected.sort(key=lambda r: r.line)
         raw = raw.filter(pa.array(valid))
     result.rejected = rejected
-    result.table, result.open_zero_rows = _to_output(raw, company_name(file_name))
-    return result
+    result.table, result.open_zero_rows = _to_output(raw, company_name(result.file_name))
 
 
 def _mark_duplicate_dates(
@@ -267,26 +349,214 @@ def _mark_duplicate_dates(
     return valid & keep
 
 
+def _transform_clean_file(data: bytes, result: FileResult) -> bool:
+    """The typed fast path: fill `result` and return True, or return False and touch nothing.
+
+    It takes a file only when every row is certain to pass the row checks of the general path,
+    so both paths give the same output (a test compares them on generated edge cases):
+    the byte gate leaves no room for signs, exponents, NaN/inf, blanks, padding, CR or quotes;
+    Arrow's casts refuse anything that is not a number or a real ISO date; a '-' count of two
+    per row puts every '-' inside a date; strictly increasing dates cannot repeat. Real files
+    are like that, so the general path (regexes, per-row reasons) only sees the odd one.
+    """
+    body = _clean_data_lines(data)
+    if body is None:
+        return False
+    try:
+        raw = pv.read_csv(
+            io.BytesIO(data),
+            read_options=pv.ReadOptions(
+                column_names=RAW_COLUMNS,
+                skip_rows=1,
+                use_threads=False,
+                block_size=max(len(data) + 1, 1 << 16),
+            ),
+            # Any short or long row raises here (no handler): the general path reports it.
+            parse_options=pv.ParseOptions(ignore_empty_lines=False),
+            convert_options=pv.ConvertOptions(
+                column_types=_RAW_STRING_TYPES,
+                include_columns=RAW_COLUMNS[:6],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        ).combine_chunks()
+        n = raw.num_rows
+        if n == 0 or body.count(b"-") != 2 * n:
+            return False
+        days = _chunk(pc.cast(raw["Date"], pa.date32())).view(pa.int32()).to_numpy()
+        floats = [_chunk(pc.cast(raw[name], pa.float64())) for name in PRICE_COLUMNS]
+        volume = _chunk(pc.cast(raw["Volume"], pa.int64()))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    if days[0] < _FAST_FIRST_DAY or days[-1] > _FAST_LAST_DAY or not np.all(days[1:] > days[:-1]):
+        return False
+    result.rows_read = n
+    result.table, open_zero = _output_table(
+        raw, floats, volume, pa.repeat(pa.scalar(company_name(result.file_name)), n)
+    )
+    result.open_zero_rows = int(open_zero.sum())
+    return True
+
+
+def _clean_data_lines(data: bytes) -> bytes | None:
+    """The data lines (after the header) if they pass the fast path's byte gate, else None."""
+    header_end = data.find(b"\n")
+    body = data[header_end + 1 :] if header_end >= 0 else b""
+    if (
+        not body
+        or body.startswith(b"\n")
+        or b"\n\n" in body
+        or body.translate(None, _FAST_PATH_BYTES)
+    ):
+        return None
+    return body
+
+
+def _finish_batch(pending: list[tuple[FileResult, bytes | None]]) -> list[FileResult]:
+    """Transform the batch's clean files together; any it will not vouch for go one by one."""
+    clean = [(result, data) for result, data in pending if data is not None]
+    accepted = _transform_clean_batch(clean) if clean else []
+    for (result, data), ok in zip(clean, accepted, strict=True):
+        if not ok and not _transform_clean_file(data, result):
+            _transform_general(data, result)
+    return [result for result, _ in pending]
+
+
+def _transform_clean_batch(files: list[tuple[FileResult, bytes]]) -> list[bool]:
+    """`_transform_clean_file` for many files in one pass; per file, whether it was done.
+
+    The data lines of all files are parsed as one CSV; the per-file rules (two '-' per row,
+    strictly increasing dates within the file) are checked per file on the joined columns.
+    """
+    bodies, rows, dashes_ok = [], [], []
+    for _, data in files:
+        body = _clean_data_lines(data)
+        assert body is not None  # only clean files are batched
+        if not body.endswith(b"\n"):
+            body += b"\n"
+        bodies.append(body)
+        rows.append(body.count(b"\n"))  # no blank lines and no quotes: one row per line
+        dashes_ok.append(body.count(b"-") == 2 * rows[-1])
+    counts = np.array(rows, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    try:
+        raw = pv.read_csv(
+            io.BytesIO(b"".join(bodies)),
+            read_options=pv.ReadOptions(column_names=RAW_COLUMNS, use_threads=True),
+            parse_options=pv.ParseOptions(ignore_empty_lines=False),
+            convert_options=pv.ConvertOptions(
+                column_types=_RAW_STRING_TYPES,
+                include_columns=RAW_COLUMNS[:6],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        ).combine_chunks()
+        if raw.num_rows != counts.sum():
+            return [False] * len(files)
+        days = _chunk(pc.cast(raw["Date"], pa.date32())).view(pa.int32()).to_numpy()
+        floats = [_chunk(pc.cast(raw[name], pa.float64())) for name in PRICE_COLUMNS]
+        volume = _chunk(pc.cast(raw["Volume"], pa.int64()))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return [False] * len(files)  # one bad file spoils the batch; each is retried alone
+    # Rows breaking a per-file rule: out-of-range dates, or a date not after the previous one
+    # of the same file.
+    bad_row = (days < _FAST_FIRST_DAY) | (days > _FAST_LAST_DAY)
+    bad_row[1:] |= days[1:] <= days[:-1]
+    bad_row[starts] &= (days[starts] < _FAST_FIRST_DAY) | (days[starts] > _FAST_LAST_DAY)
+    bad_files = set(np.searchsorted(starts, np.flatnonzero(bad_row), side="right") - 1)
+    accepted = [ok and i not in bad_files for i, ok in enumerate(dashes_ok)]
+
+    companies = pa.array([company_name(result.file_name) for result, _ in files], pa.string())
+    company_column = companies.take(pa.array(np.repeat(np.arange(len(files)), counts)))
+    table, open_zero = _output_table(raw, floats, volume, company_column)
+    open_zero_per_file = np.add.reduceat(open_zero.astype(np.int64), starts)
+    for i, (result, _) in enumerate(files):
+        if accepted[i]:
+            result.rows_read = int(counts[i])
+            result.table = table.slice(int(starts[i]), int(counts[i]))
+            result.open_zero_rows = int(open_zero_per_file[i])
+    return accepted
+
+
+def _chunk(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
 def _to_output(raw: pa.Table, company: str) -> tuple[pa.Table, int]:
-    n = raw.num_rows
-    floats = {name: pc.cast(raw[name], pa.float64()) for name in PRICE_COLUMNS}
-    open_, close = floats["Open"], floats["Close"]
-    change = pc.subtract(close, open_)
-    open_zero = pc.equal(open_, 0.0)
-    # (Close − Open) / Open × 100; undefined where Open is 0, so that field stays empty (NULL).
-    safe_open = pc.if_else(open_zero, pa.scalar(None, pa.float64()), open_)
-    percent = pc.multiply(pc.divide(change, safe_open), 100.0)
+    """Output rows from raw rows that passed every check (the general path)."""
+    floats = [_chunk(pc.cast(raw[name], pa.float64())) for name in PRICE_COLUMNS]
+    volume = _chunk(pc.cast(raw["Volume"], pa.int64()))
+    table, open_zero = _output_table(
+        raw, floats, volume, pa.repeat(pa.scalar(company), raw.num_rows)
+    )
+    return table, int(open_zero.sum())
+
+
+def _output_table(
+    raw: pa.Table, floats: list[pa.Array], volume: pa.Array, company: pa.Array
+) -> tuple[pa.Table, np.ndarray]:
+    """The nine output columns as text, from validated raw text plus its parsed numbers; and
+    which rows have Open = 0."""
+    open_np, close_np = floats[0].to_numpy(), floats[3].to_numpy()
+    open_zero = open_np == 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change_np = close_np - open_np
+        # (Close − Open) / Open × 100; undefined where Open is 0, so that field stays empty.
+        percent_np = change_np / open_np * 100.0
+    percent = pa.array(percent_np, type=pa.float64(), mask=open_zero if open_zero.any() else None)
     columns = [
-        raw["Date"],
-        *(format_floats(floats[name]) for name in PRICE_COLUMNS),
-        pc.cast(pc.cast(raw["Volume"], pa.int64()), pa.string()),
+        _chunk(raw["Date"]),
+        *(
+            _repr_of_prices(_chunk(raw[name]), values)
+            for name, values in zip(PRICE_COLUMNS, floats, strict=True)
+        ),
+        _repr_of_volumes(_chunk(raw["Volume"]), volume),
         format_floats(percent),
-        format_floats(change),
-        pa.array([company] * n, pa.string()) if n else pa.array([], pa.string()),
+        format_floats(pa.array(change_np, type=pa.float64())),
+        company,
     ]
-    columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns]
-    table = pa.Table.from_arrays(columns, schema=OUTPUT_SCHEMA)
-    return table, int(pc.sum(open_zero).as_py() or 0)
+    return pa.Table.from_arrays(columns, schema=OUTPUT_SCHEMA), open_zero
+
+
+def _repr_of_prices(text: pa.Array, values: pa.Array) -> pa.Array:
+    """repr(float(price)) for each validated price text (digits and at most one '.'): the text
+    itself where it already is that, else formatted. Source prices are nearly all written like
+    repr, so little is formatted; the test is a few numpy passes over the text's bytes."""
+    if len(text) == 0:
+        return text
+    v = values.to_numpy()
+    offsets, chars = _string_bytes(text)
+    starts, ends = offsets[:-1], offsets[1:]
+    last = len(chars) - 1
+    # Index clipping only matters for strings too short to pass the length test below anyway.
+    first_c, second_c = chars[starts], chars[np.minimum(starts + 1, last)]
+    last_c, before_last_c = chars[ends - 1], chars[np.maximum(ends - 2, 0)]
+    whole = np.floor(v) == v
+    as_is = (
+        (ends - starts >= 3)
+        & (ends - starts <= _REPR_LIKE_MAX_CHARS)
+        & ((v >= 1e-4) | (v == 0.0))
+        & (first_c != _DOT)  # an integer part ...
+        & ((first_c != _ZERO) | (second_c == _DOT))  # ... without leading zeros
+        & (last_c != _DOT)  # a fraction ...
+        & ((last_c != _ZERO) | (before_last_c == _DOT))  # ... without trailing zeros but "X.0"
+        # A text without '.' is a whole number; a whole number's repr ends in ".0".
+        & (~whole | ((last_c == _ZERO) & (before_last_c == _DOT)))
+    )
+    if as_is.all():
+        return text
+    redo = pa.array(~as_is)
+    return pc.replace_with_mask(text, redo, format_floats(values.filter(redo)))
+
+
+def _repr_of_volumes(text: pa.Array, values: pa.Array) -> pa.Array:
+    """str(int(volume)) for each validated volume text (digits only): the text itself unless
+    it has leading zeros."""
+    if len(text) == 0:
+        return text
+    offsets, chars = _string_bytes(text)
+    as_is = (chars[offsets[:-1]] != _ZERO) | (np.diff(offsets) == 1)
+    return text if as_is.all() else pc.cast(values, pa.string())
 
 
 @dataclass

@@ -1,0 +1,405 @@
+"""Event-driven runs and their notifications.
+
+- `success_marker_sensor`: a `.SUCCESS` object anywhere in the monitored bucket starts
+  `stock_pipeline_job`.
+- `sns_on_pipeline_success` / `sns_on_pipeline_failure`: every finished run of the job, however it
+  was launched, ends in one email through SNS.
+
+The message text is built by the Dagster-free `stock_assets.notifications`; this module only reads
+S3 listings, run tags and run events.
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    RunStatusSensorContext,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
+    sensor,
+)
+from dagster._core.events import EngineEventData
+from dagster._utils.error import SerializableErrorInfo, serializable_error_info_from_exc_info
+from dagster_aws.s3 import S3Resource
+
+from stock_assets.jobs import stock_pipeline_job
+from stock_assets.notifications import (
+    MARKER_BUCKET_TAG,
+    MARKER_COUNT_TAG,
+    MARKER_KEYS_TAG,
+    NOTIFICATION_ID_TAG,
+    NOTIFICATION_TAG,
+    TRIGGER_MARKER,
+    TRIGGER_TAG,
+    CheckOutcome,
+    NotificationError,
+    RunNumbers,
+    RunReport,
+    StepError,
+    build_body,
+    describe_trigger,
+    run_url,
+)
+from stock_assets.resources import PipelineSettings, SNSResource
+from stock_assets.settings import TABLE_NAME
+
+MARKER_SUFFIX = ".SUCCESS"
+INTERVAL_ENV = "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS"
+DEFAULT_INTERVAL_SECONDS = 15
+UI_URL_ENV = "STOCK_ASSETS_UI_URL"
+DEFAULT_UI_URL = "http://127.0.0.1:3000"
+# Markers found in one tick share a run, up to this many per run, so the tag listing them stays
+# a readable size.
+MAX_MARKERS_PER_RUN = 100
+CURSOR_VERSION = 1
+
+CSV_ASSET = AssetKey("historical_stock_data_csv")
+TABLE_ASSET = AssetKey("historical_stocks_data")
+
+
+def sensor_interval_seconds(environ: Mapping[str, str] | None = None) -> int:
+    """The sensors' minimum interval, from STOCK_ASSETS_SENSOR_INTERVAL_SECONDS (default 15)."""
+    raw = (os.environ if environ is None else environ).get(INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_INTERVAL_SECONDS
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise ValueError(f"{INTERVAL_ENV} must be a whole number of seconds, not {raw!r}") from None
+    if seconds < 1:
+        raise ValueError(f"{INTERVAL_ENV} must be at least 1, not {seconds}")
+    return seconds
+
+
+def ui_base_url() -> str:
+    return os.environ.get(UI_URL_ENV, "").strip() or DEFAULT_UI_URL
+
+
+# --------------------------------------------------------------------------------------------
+# The .SUCCESS sensor
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Marker:
+    key: str
+    etag: str
+    last_modified: str
+
+    @property
+    def version(self) -> str:
+        # An empty marker re-uploaded has the same ETag (the MD5 of nothing), so the write time
+        # tells the uploads apart. S3 keeps LastModified to the second: two identical uploads of
+        # one key within the same second look like one object to any listing.
+        return f"{self.etag}@{self.last_modified}"
+
+
+def list_markers(client: Any, bucket: str) -> list[Marker]:
+    """Every `.SUCCESS` object in the bucket, at any prefix, across all listing pages."""
+    markers = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", []):
+            if item["Key"].endswith(MARKER_SUFFIX):
+                modified = item["LastModified"].astimezone(UTC).isoformat()
+                markers.append(Marker(item["Key"], item.get("ETag", "").strip('"'), modified))
+    return markers
+
+
+def parse_cursor(cursor: str | None) -> dict[str, str]:
+    """key → version of every marker already acted on. An unreadable cursor is an error: starting
+    from nothing would replay every marker in the bucket."""
+    if not cursor:
+        return {}
+    data = json.loads(cursor)
+    if data.get("version") != CURSOR_VERSION:
+        raise ValueError(f"unknown cursor version {data.get('version')!r}")
+    return dict(data["seen"])
+
+
+def dump_cursor(seen: Mapping[str, str]) -> str:
+    return json.dumps({"version": CURSOR_VERSION, "seen": dict(sorted(seen.items()))})
+
+
+def new_markers(markers: Sequence[Marker], seen: Mapping[str, str]) -> list[Marker]:
+    """Markers not yet acted on: a key never seen, or a key written again since."""
+    return sorted((m for m in markers if seen.get(m.key) != m.version), key=lambda m: m.key)
+
+
+def next_seen(markers: Sequence[Marker]) -> dict[str, str]:
+    # Only keys still in the bucket: the cursor stays as small as the bucket's marker count, and
+    # a deleted marker uploaded again later is a new marker.
+    return {m.key: m.version for m in markers}
+
+
+def marker_run_requests(bucket: str, markers: Sequence[Marker]) -> list[RunRequest]:
+    requests = []
+    for start in range(0, len(markers), MAX_MARKERS_PER_RUN):
+        chunk = markers[start : start + MAX_MARKERS_PER_RUN]
+        identity = "\n".join(f"{m.key}\t{m.version}" for m in chunk)
+        requests.append(
+            RunRequest(
+                # Dagster launches a run key once per sensor: a second guard behind the cursor
+                # (e.g. a tick interrupted after launching but before saving its cursor).
+                run_key="markers-" + hashlib.sha256(identity.encode()).hexdigest()[:24],
+                tags={
+                    TRIGGER_TAG: TRIGGER_MARKER,
+                    MARKER_BUCKET_TAG: bucket,
+                    MARKER_KEYS_TAG: json.dumps([m.key for m in chunk]),
+                    MARKER_COUNT_TAG: str(len(chunk)),
+                },
+            )
+        )
+    return requests
+
+
+@sensor(
+    job=stock_pipeline_job,
+    minimum_interval_seconds=sensor_interval_seconds(),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Starts stock_pipeline_job when a `.SUCCESS` object appears (or is written again) "
+    "anywhere in the monitored bucket. One run per new marker; markers found in the same tick "
+    "share a run and are all listed in its tags.",
+)
+def success_marker_sensor(
+    context: SensorEvaluationContext, s3: S3Resource, settings: PipelineSettings
+) -> SensorResult | SkipReason:
+    bucket = settings.naming.monitored_bucket
+    client = s3.get_client()
+    try:
+        markers = list_markers(client, bucket)
+    except client.exceptions.NoSuchBucket:
+        return SkipReason(
+            f"monitored bucket s3://{bucket} does not exist: create it with "
+            "`stock-assets provision` (or set STOCK_ASSETS_MONITORED_BUCKET)"
+        )
+    seen = parse_cursor(context.cursor)
+    fresh = new_markers(markers, seen)
+    cursor = dump_cursor(next_seen(markers))
+    if not fresh:
+        return SensorResult(
+            skip_reason=f"no new {MARKER_SUFFIX} marker in s3://{bucket} "
+            f"({len(markers)} already acted on)",
+            cursor=cursor,
+        )
+    context.log.info(
+        f"{len(fresh)} new marker(s) in s3://{bucket}: " + ", ".join(m.key for m in fresh[:20])
+    )
+    return SensorResult(run_requests=marker_run_requests(bucket, fresh), cursor=cursor)
+
+
+# --------------------------------------------------------------------------------------------
+# Run-status sensors → SNS
+# --------------------------------------------------------------------------------------------
+
+
+def _as_int(metadata: Mapping[str, Any], key: str) -> int | None:
+    entry = metadata.get(key)
+    value = getattr(entry, "value", entry)
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def _materialization_metadata(instance: DagsterInstance, run_id: str) -> dict[AssetKey, Any]:
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    found = {}
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None:
+            found[materialization.asset_key] = materialization.metadata
+    return found
+
+
+def run_numbers(instance: DagsterInstance, run_id: str, table: str) -> RunNumbers:
+    metadata = _materialization_metadata(instance, run_id)
+    csv = metadata.get(CSV_ASSET, {})
+    loaded = metadata.get(TABLE_ASSET, {})
+    location = csv.get("location")
+    rejects = getattr(csv.get("rejects"), "value", None)
+    return RunNumbers(
+        files_selected=_as_int(csv, "files_selected"),
+        files_read=_as_int(csv, "files_read"),
+        files_skipped=_as_int(csv, "files_skipped"),
+        rows_read=_as_int(csv, "rows_read"),
+        rows_written=_as_int(csv, "dagster/row_count"),
+        rows_rejected=_as_int(csv, "rows_rejected"),
+        rows_loaded=_as_int(loaded, "dagster/row_count"),
+        output_location=str(getattr(location, "value", location)) if location else None,
+        rejects=dict(rejects) if isinstance(rejects, dict) else {},
+        table=table,
+    )
+
+
+def check_outcomes(instance: DagsterInstance, run_id: str) -> list[CheckOutcome]:
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    outcomes = []
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        evaluation = event.event_specific_data if event else None
+        if evaluation is None:
+            continue
+        outcomes.append(
+            CheckOutcome(
+                asset=evaluation.asset_key.to_user_string(),
+                name=evaluation.check_name,
+                passed=evaluation.passed,
+                severity=getattr(evaluation.severity, "value", str(evaluation.severity)),
+                description=evaluation.description,
+            )
+        )
+    return outcomes
+
+
+def _causes(error: SerializableErrorInfo | None) -> list[SerializableErrorInfo]:
+    chain = []
+    while error is not None and len(chain) < 5:
+        chain.append(error)
+        error = error.cause or error.context
+    return chain
+
+
+def step_error(event: Any) -> StepError:
+    """The real error of a step failure, not Dagster's generic wrapper around it."""
+    data = event.event_specific_data
+    chain = _causes(data.error if data else None)
+    # User-code errors arrive wrapped ("Error occurred while executing op …"): skip the wrapper.
+    if len(chain) > 1 and chain[0].cls_name == "DagsterExecutionStepExecutionError":
+        chain = chain[1:]
+    user_failure = data.user_failure_data if data else None
+    if user_failure is not None and user_failure.description:
+        head_type, head_message = "Failure", user_failure.description
+    elif chain:
+        head_type, head_message = chain[0].cls_name or "Error", chain[0].message
+    else:
+        head_type, head_message = "Error", event.message or "no error recorded"
+    causes = tuple(f"{c.cls_name}: {c.message.strip()}" for c in chain[1:])
+    return StepError(event.step_key or "unknown step", head_type, head_message.strip(), causes)
+
+
+def _time(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, tz=UTC) if timestamp else None
+
+
+def build_report(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    succeeded: bool,
+    step_failures: Sequence[Any] = (),
+    run_failure_message: str | None = None,
+    table: str | None = None,
+) -> RunReport:
+    record = instance.get_run_record_by_id(run.run_id)
+    return RunReport(
+        run_id=run.run_id,
+        job_name=run.job_name,
+        succeeded=succeeded,
+        trigger=describe_trigger(run.tags),
+        run_url=run_url(ui_base_url(), run.run_id),
+        started=_time(record.start_time if record else None),
+        ended=_time(record.end_time if record else None),
+        numbers=run_numbers(instance, run.run_id, table or "the table"),
+        checks=check_outcomes(instance, run.run_id),
+        step_errors=[step_error(e) for e in step_failures],
+        run_failure_message=run_failure_message,
+    )
+
+
+def _record_notification_failure(
+    context: RunStatusSensorContext, run: DagsterRun, err: NotificationError
+) -> None:
+    """Make a lost notification visible where people look: the run's log and tags, the daemon
+    log, and (by re-raising) the sensor's failed tick in the UI."""
+    message = f"SNS notification for run {run.run_id} was NOT sent: {err}"
+    context.log.error(message)
+    context.instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
+    context.instance.report_engine_event(
+        message,
+        dagster_run=run,
+        engine_event_data=EngineEventData(error=serializable_error_info_from_exc_info((
+            type(err), err, err.__traceback__
+        ))),
+    )  # fmt: skip
+
+
+def notify(
+    context: RunStatusSensorContext,
+    sns: SNSResource,
+    settings: PipelineSettings,
+    succeeded: bool,
+    step_failures: Sequence[Any] = (),
+    run_failure_message: str | None = None,
+) -> str | None:
+    """Publish the run's one notification; returns the SNS message id (None if already sent)."""
+    run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+    if run.tags.get(NOTIFICATION_TAG) == "sent":
+        # A replayed tick (daemon killed after publishing): never email twice.
+        context.log.info(f"notification for run {run.run_id} already sent; skipping")
+        return None
+    report = build_report(
+        context.instance, run, succeeded, step_failures, run_failure_message, TABLE_NAME
+    )
+    subject = settings.naming.subject("Success" if succeeded else "Failure")
+    try:
+        message_id = sns.publish(subject, build_body(report))
+    except NotificationError as err:
+        _record_notification_failure(context, run, err)
+        raise
+    context.instance.add_run_tags(
+        run.run_id, {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id}
+    )
+    context.log.info(f"sent {subject!r} for run {run.run_id} (SNS message {message_id})")
+    return message_id
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    name="sns_on_pipeline_success",
+    monitored_jobs=[stock_pipeline_job],
+    minimum_interval_seconds=sensor_interval_seconds(),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Emails `{First}_{Surname}_Pipeline_Success` through SNS for every successful "
+    "run of stock_pipeline_job, whatever launched it.",
+)
+def sns_on_pipeline_success(
+    context: RunStatusSensorContext, sns: SNSResource, settings: PipelineSettings
+) -> None:
+    notify(context, sns, settings, succeeded=True)
+
+
+@run_failure_sensor(
+    name="sns_on_pipeline_failure",
+    monitored_jobs=[stock_pipeline_job],
+    minimum_interval_seconds=sensor_interval_seconds(),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Emails `{First}_{Surname}_Pipeline_Failure` through SNS for every failed run of "
+    "stock_pipeline_job, with the failing step and its error.",
+)
+def sns_on_pipeline_failure(
+    context: RunFailureSensorContext, sns: SNSResource, settings: PipelineSettings
+) -> None:
+    notify(
+        context,
+        sns,
+        settings,
+        succeeded=False,
+        step_failures=context.get_step_failure_events(),
+        run_failure_message=context.failure_event.message,
+    )

@@ -1,0 +1,197 @@
+"""Faults survived: S3 errors, slowness and outages; PostgreSQL connections cut or killed mid-load;
+a run killed mid-transform. Each on the real local stack, through real network paths."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg2
+import pytest
+from dagster import DagsterInstance, materialize
+
+from stock_assets.assets import (
+    historical_stock_data_csv,
+    historical_stocks_data,
+    raw_stock_files,
+    top_companies,
+)
+from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
+from stock_assets.settings import OUTPUT_KEY, STOCKS_PREFIX
+from stock_assets_tests.conftest import REPO_ROOT, table_rows
+from stock_assets_tests.faults import FaultyHttpProxy, HttpFault, TcpToUnixProxy
+from stock_assets_tests.test_pipeline import run_job
+
+ASSETS = [raw_stock_files, top_companies, historical_stock_data_csv, historical_stocks_data]
+
+
+def step_errors(result) -> str:
+    return "\n".join(
+        e.event_specific_data.error.to_string()
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE"
+    )
+
+
+def output_bytes(s3_client, naming) -> bytes:
+    return s3_client.get_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)["Body"].read()
+
+
+@pytest.fixture
+def loaded(seeded_stack, s3_client, naming, db):
+    assert run_job().success
+    return sorted(table_rows(db)), output_bytes(s3_client, naming)
+
+
+@pytest.fixture
+def s3_proxy(local_stack, monkeypatch):
+    """Only S3 goes through the proxy (boto3's per-service endpoint variable); SNS stays direct."""
+    proxy = FaultyHttpProxy(local_stack.moto.endpoint_url).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    yield proxy
+    proxy.stop()
+
+
+def assert_unchanged(loaded, s3_client, naming, db) -> None:
+    rows, output = loaded
+    assert sorted(table_rows(db)) == rows
+    assert output_bytes(s3_client, naming) == output
+
+
+def test_s3_503s_during_reads_are_retried_and_the_run_succeeds(loaded, s3_proxy, db):
+    fault = HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}", status=503, times=4)
+    s3_proxy.faults.append(fault)
+    result = run_job()
+    assert result.success, step_errors(result)
+    assert fault.hits == 4
+    assert sorted(table_rows(db)) == loaded[0]
+
+
+def test_s3_500s_on_the_output_write_fail_cleanly_after_bounded_retries(
+    loaded, s3_proxy, s3_client, naming, db
+):
+    fault = HttpFault(method="PUT", path_contains=OUTPUT_KEY, status=500)
+    s3_proxy.faults.append(fault)
+    result = run_job()
+    assert not result.success
+    assert fault.hits == StockS3Resource().max_attempts  # bounded: 5 attempts, then give up
+    assert "500" in step_errors(result) or "reached max retries" in step_errors(result)
+    assert_unchanged(loaded, s3_client, naming, db)
+
+
+def test_s3_endpoint_down_fails_cleanly(loaded, monkeypatch, s3_client, naming, db):
+    from stock_assets.local.stack import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    result = run_job()
+    assert not result.success
+    assert "Could not connect to the endpoint URL" in step_errors(result)
+    assert_unchanged(loaded, s3_client, naming, db)
+
+
+def _materialize_with_s3(s3: StockS3Resource, local_stack):
+    return materialize(
+        ASSETS,
+        resources={
+            "s3": s3,
+            "postgres": PostgresResource(database_url=local_stack.env["STOCK_ASSETS_DATABASE_URL"]),
+            "settings": PipelineSettings(),
+        },
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def test_a_slow_answer_times_out_and_is_retried(loaded, s3_proxy, local_stack, db):
+    fault = HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}", delay=3.0, times=1)
+    s3_proxy.faults.append(fault)
+    result = _materialize_with_s3(StockS3Resource(read_timeout_seconds=1), local_stack)
+    assert result.success, step_errors(result)
+    assert fault.hits == 1
+    assert sorted(table_rows(db)) == loaded[0]
+
+
+def test_an_endpoint_that_stays_slow_fails_cleanly(loaded, s3_proxy, local_stack, s3_client, naming, db):
+    s3_proxy.faults.append(HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}", delay=2.0))
+    s3 = StockS3Resource(read_timeout_seconds=0.5, max_attempts=2)
+    result = _materialize_with_s3(s3, local_stack)
+    assert not result.success
+    assert "Read timeout" in step_errors(result)
+    assert_unchanged(loaded, s3_client, naming, db)
+
+
+@pytest.fixture
+def pg_proxy(local_stack, monkeypatch):
+    socket_dir = local_stack.env["STOCK_ASSETS_DATABASE_URL"].split("host=", 1)[1]
+    [socket_path] = glob.glob(f"{socket_dir}/.s.PGSQL.*[0-9]")
+    proxy = TcpToUnixProxy(socket_path).start()
+    monkeypatch.setenv(
+        "STOCK_ASSETS_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    )
+    yield proxy
+    proxy.stop()
+
+
+def _once_past(threshold: int, action):
+    done = []
+
+    def on_bytes(proxy: TcpToUnixProxy, total: int) -> None:
+        if total > threshold and not done:
+            done.append(True)
+            action(proxy)
+
+    return on_bytes
+
+
+def test_connection_cut_mid_copy_leaves_the_table_and_the_next_run_succeeds(
+    loaded, pg_proxy, monkeypatch, db, local_stack
+):
+    pg_proxy.on_bytes = _once_past(150_000, lambda proxy: proxy.cut())
+    result = run_job(["historical_stocks_data"])
+    assert not result.success
+    assert pg_proxy.client_bytes > 150_000  # the COPY was well under way
+    assert sorted(table_rows(db)) == loaded[0]
+    monkeypatch.setenv("STOCK_ASSETS_DATABASE_URL", local_stack.env["STOCK_ASSETS_DATABASE_URL"])
+    assert run_job(["historical_stocks_data"]).success
+    assert sorted(table_rows(db)) == loaded[0]
+
+
+def test_backend_killed_mid_copy_leaves_the_table(loaded, pg_proxy, db, local_stack):
+    def kill_loader(_proxy: TcpToUnixProxy) -> None:
+        admin = psycopg2.connect(local_stack.env["STOCK_ASSETS_DATABASE_URL"])
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'stock_assets' AND pid <> pg_backend_pid()"
+            )
+        admin.close()
+
+    pg_proxy.on_bytes = _once_past(150_000, kill_loader)
+    result = run_job(["historical_stocks_data"])
+    assert not result.success
+    assert "terminat" in step_errors(result).lower() or "closed" in step_errors(result).lower()
+    assert sorted(table_rows(db)) == loaded[0]
+
+
+def test_run_killed_mid_transform_leaves_no_partial_output(
+    loaded, s3_proxy, s3_client, naming, db
+):
+    # A changed input, so a run that completed its write would leave a different object.
+    s3_client.delete_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}flhk.us.csv")
+    s3_proxy.faults.append(HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}", delay=0.5))
+    code = "import sys; from stock_assets_tests.test_pipeline import run_job; run_job()"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=dict(os.environ))
+    deadline = time.monotonic() + 120
+    while sum(1 for m, p in s3_proxy.requests if f"/{STOCKS_PREFIX}" in p and m == "GET") < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "run ended too early"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert_unchanged(loaded, s3_client, naming, db)  # the old object, whole; never a partial one
+    s3_proxy.faults.clear()
+    result = run_job()  # the next run recovers
+    assert result.success
+    assert b",flhk\n" not in output_bytes(s3_client, naming)

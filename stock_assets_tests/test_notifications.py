@@ -1,0 +1,270 @@
+"""Notifications: message building (pure), the SNS resource on moto, and the run-status sensors
+invoked on real in-process runs of the pipeline."""
+
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
+
+from stock_assets.definitions import defs
+from stock_assets.local.sns_inbox import sent_messages
+from stock_assets.local.stack import free_port
+from stock_assets.notifications import (
+    MARKER_BUCKET_TAG,
+    MARKER_KEYS_TAG,
+    NOTIFICATION_ID_TAG,
+    NOTIFICATION_TAG,
+    TRIGGER_TAG,
+    CheckOutcome,
+    NotificationError,
+    RunNumbers,
+    RunReport,
+    StepError,
+    build_body,
+    call_with_retry,
+    describe_trigger,
+    sanitise_subject,
+)
+from stock_assets.resources import PipelineSettings, SNSResource, is_retryable_aws_error
+from stock_assets.sensors import sns_on_pipeline_failure, sns_on_pipeline_success
+from stock_assets.settings import FILTER_KEY, Naming
+from stock_assets_tests.conftest import table_rows
+
+# --- pure message building ----------------------------------------------------------------------
+
+
+def test_subjects_are_exact_and_sanitised():
+    assert Naming().subject("Success") == "Dora_Explorer_Pipeline_Success"
+    cohort = Naming(cohort="FTDE2301")
+    assert sanitise_subject(cohort.subject("Failure")) == "FTDE2301_Dora_Explorer_Pipeline_Failure"
+    # What moto accepts but AWS rejects: line breaks, non-ASCII, > 99 characters, empty.
+    assert sanitise_subject("Zoë\nRun_Failure") == "Zo_ Run_Failure"
+    assert len(sanitise_subject("x" * 300)) == 99
+    assert sanitise_subject("  \t ") == "Pipeline_notification"
+    assert all(32 <= ord(c) < 127 for c in sanitise_subject("a\u2028b\x00c\u00e9"))
+
+
+def test_trigger_is_described_from_run_tags():
+    marker_tags = {
+        TRIGGER_TAG: "s3-marker",
+        MARKER_BUCKET_TAG: "mon",
+        MARKER_KEYS_TAG: '["a/.SUCCESS"]',
+        "dagster/sensor_name": "success_marker_sensor",
+    }
+    assert describe_trigger(marker_tags) == (
+        ".SUCCESS marker s3://mon/a/.SUCCESS (sensor success_marker_sensor)"
+    )
+    airflow = describe_trigger(
+        {TRIGGER_TAG: "airflow", "stock_assets/airflow_dag_id": "stock_pipeline"}
+    )
+    assert airflow == "Airflow (stock_assets/airflow_dag_id=stock_pipeline)"
+    assert describe_trigger({"dagster/schedule_name": "nightly"}) == "schedule nightly"
+    assert describe_trigger({}).startswith("launched by hand")
+
+
+def _report(**overrides) -> RunReport:
+    started = datetime(2026, 11, 1, 12, 0, 0, tzinfo=UTC)
+    values = dict(
+        run_id="abc-123",
+        job_name="stock_pipeline_job",
+        succeeded=False,
+        trigger="launched by hand (Dagster UI, GraphQL API or CLI)",
+        run_url="http://ui:3000/runs/abc-123",
+        started=started,
+        ended=started + timedelta(seconds=75),
+        numbers=RunNumbers(files_read=6, files_skipped=1, rows_read=100, rows_written=98,
+                           rows_rejected=2, rows_loaded=None, table="historical_stocks_data"),
+        checks=[CheckOutcome("historical_stocks_data", "row_count", False, "ERROR", "3 != 4"),
+                CheckOutcome("historical_stock_data_csv", "no_duplicates", True)],
+        step_errors=[StepError("top_companies", "Failure", "filter file does not exist",
+                               ("ClientError: NoSuchKey",))],
+    )  # fmt: skip
+    values.update(overrides)
+    return RunReport(**values)
+
+
+def test_failure_body_names_the_step_its_error_and_the_numbers():
+    body = build_body(_report())
+    for expected in [
+        "stock_pipeline_job FAILED",
+        "Run id:     abc-123",
+        "Run in UI:  http://ui:3000/runs/abc-123",
+        "Started:    2026-11-01 12:00:00 UTC",
+        "Ended:      2026-11-01 12:01:15 UTC",
+        "Duration:   1 min 15 s",
+        "files read:            6",
+        "rows rejected:         2",
+        "rows loaded into historical_stocks_data: not reached",
+        "Asset checks (1 passed, 1 failed)",
+        "FAILED (ERROR)   historical_stocks_data / row_count: 3 != 4",
+        "step top_companies: Failure: filter file does not exist",
+        "caused by ClientError: NoSuchKey",
+    ]:
+        assert expected in body, expected
+
+
+def test_success_body_has_no_failure_section_and_stays_bounded():
+    body = build_body(_report(succeeded=True, step_errors=[]))
+    assert body.startswith("stock_pipeline_job SUCCEEDED") and "What failed" not in body
+    huge = _report(step_errors=[StepError(f"s{i}", "E", "x" * 5000) for i in range(100)])
+    assert len(build_body(huge)) <= 60_000
+
+
+def test_retry_backs_off_then_gives_up_clearly():
+    sleeps: list[float] = []
+    calls = []
+
+    def always_down():
+        calls.append(1)
+        raise EndpointConnectionError(endpoint_url="http://sns")
+
+    with pytest.raises(NotificationError, match="after 3 attempt"):
+        call_with_retry(always_down, attempts=3, backoff_seconds=0.5,
+                        is_retryable=is_retryable_aws_error, sleep=sleeps.append)  # fmt: skip
+    assert len(calls) == 3 and sleeps == [0.5, 1.0]
+
+
+def test_retry_does_not_repeat_a_permanent_error():
+    calls = []
+
+    def denied():
+        calls.append(1)
+        raise ClientError({"Error": {"Code": "AuthorizationError"},
+                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "Publish")  # fmt: skip
+
+    with pytest.raises(NotificationError, match="AuthorizationError"):
+        call_with_retry(denied, attempts=5, backoff_seconds=0,
+                        is_retryable=is_retryable_aws_error, sleep=lambda _: None)  # fmt: skip
+    assert len(calls) == 1
+
+
+# --- the SNS resource on moto ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def topic(clean_stack, naming) -> str:
+    return boto3.client("sns").create_topic(Name=naming.sns_topic)["TopicArn"]
+
+
+def inbox(stack, naming):
+    return sent_messages(stack.moto.endpoint_url, naming.sns_topic)
+
+
+def test_publish_by_topic_name(clean_stack, topic, naming):
+    message_id = SNSResource(topic=naming.sns_topic).publish("Dora_Explorer_Pipeline_Success", "hi")
+    [sent] = inbox(clean_stack, naming)
+    assert (sent.message_id, sent.subject, sent.message, sent.topic_arn) == (
+        message_id, "Dora_Explorer_Pipeline_Success", "hi", topic
+    )  # fmt: skip
+
+
+def test_missing_topic_is_a_clear_error_without_retries(clean_stack):
+    with pytest.raises(NotificationError, match="does not exist.*stock-assets provision"):
+        SNSResource(topic="no-such-topic", backoff_seconds=30).publish("s", "m")
+
+
+def test_unreachable_sns_gives_up_after_bounded_retries(clean_stack, monkeypatch):
+    # Only SNS is down: boto3's per-service endpoint variable points it at a closed port.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{free_port()}")
+    resource = SNSResource(topic="arn:aws:sns:eu-west-1:123456789012:t", max_attempts=2,
+                           backoff_seconds=0.01, timeout_seconds=1)  # fmt: skip
+    with pytest.raises(NotificationError, match="after 2 attempt"):
+        resource.publish("s", "m")
+
+
+# --- the run-status sensors on real runs ----------------------------------------------------------
+
+
+def run_job(instance: DagsterInstance):
+    return defs.resolve_job_def("stock_pipeline_job").execute_in_process(
+        instance=instance, raise_on_error=False, tags={TRIGGER_TAG: "test"}
+    )
+
+
+def sensor_context(instance, result, event, sensor_name, naming):
+    return build_run_status_sensor_context(
+        sensor_name=sensor_name,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=event,
+        resources={"sns": SNSResource(topic=naming.sns_topic), "settings": PipelineSettings()},
+    )
+
+
+def test_success_sensor_sends_one_actionable_message(seeded_stack, topic, naming, db):
+    instance = DagsterInstance.ephemeral()
+    result = run_job(instance)
+    assert result.success
+    with sensor_context(
+        instance, result, result.get_run_success_event(), "sns_on_pipeline_success", naming
+    ) as context:
+        sns_on_pipeline_success(context)
+        sns_on_pipeline_success(context)  # a replayed tick: must not email twice
+
+    [sent] = inbox(seeded_stack, naming)
+    assert sent.subject == "Dora_Explorer_Pipeline_Success"
+    rows = len(table_rows(db))
+    [csv_event] = result.asset_materializations_for_node("historical_stock_data_csv")
+    csv_meta = {k: v.value for k, v in csv_event.metadata.items()}
+    for expected in [
+        f"Run id:     {result.run_id}",
+        f"http://127.0.0.1:3000/runs/{result.run_id}",
+        "Triggered:  test",
+        f"files read:            {csv_meta['files_read']}",
+        "files skipped:         1",
+        f"rows rejected:         {csv_meta['rows_rejected']}",
+        f"rows loaded into historical_stocks_data: {rows:,}",
+        "Asset checks (",
+        "s3://de-mbd-predict-dora-explorer-s3-source/Output/historical_stock_data.csv",
+    ]:
+        assert expected in sent.message, expected
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert tags[NOTIFICATION_TAG] == "sent" and tags[NOTIFICATION_ID_TAG] == sent.message_id
+
+
+def test_failure_sensor_reports_the_failing_step_and_its_error(
+    seeded_stack, topic, naming, s3_client
+):
+    s3_client.delete_object(Bucket=naming.source_bucket, Key=FILTER_KEY)
+    instance = DagsterInstance.ephemeral()
+    result = run_job(instance)
+    assert not result.success
+    with sensor_context(
+        instance, result, result.get_run_failure_event(), "sns_on_pipeline_failure", naming
+    ) as context:
+        sns_on_pipeline_failure(context)
+
+    [sent] = inbox(seeded_stack, naming)
+    assert sent.subject == "Dora_Explorer_Pipeline_Failure"
+    assert "stock_pipeline_job FAILED" in sent.message
+    assert (
+        "step top_companies: Failure: filter file "
+        "s3://de-mbd-predict-dora-explorer-s3-source/CompanyNames/top_companies.txt does not exist"
+    ) in sent.message
+    assert "rows loaded into historical_stocks_data: not reached" in sent.message
+
+
+def test_sns_outage_is_recorded_on_the_run_and_raised(seeded_stack, naming, monkeypatch):
+    instance = DagsterInstance.ephemeral()
+    result = run_job(instance)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{free_port()}")
+    with build_run_status_sensor_context(
+        sensor_name="sns_on_pipeline_success",
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=result.get_run_success_event(),
+        resources={
+            "sns": SNSResource(topic=naming.sns_topic, max_attempts=2, backoff_seconds=0.01,
+                               timeout_seconds=1),
+            "settings": PipelineSettings(),
+        },
+    ) as context, pytest.raises(NotificationError):  # fmt: skip
+        # Raising makes the daemon mark the sensor tick FAILED (visible in the UI); no crash.
+        sns_on_pipeline_success(context)
+    assert instance.get_run_by_id(result.run_id).tags[NOTIFICATION_TAG] == "failed"
+    engine_events = instance.get_records_for_run(
+        result.run_id, of_type=DagsterEventType.ENGINE_EVENT
+    ).records
+    assert any("was NOT sent" in (r.event_log_entry.message or "") for r in engine_events)

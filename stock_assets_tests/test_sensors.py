@@ -1,0 +1,156 @@
+"""The `.SUCCESS` sensor against a real (moto) bucket: cursor, re-uploads, pagination."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from dagster import SensorResult, SkipReason, build_sensor_context
+from dagster_aws.s3 import S3Resource
+
+from stock_assets.notifications import MARKER_BUCKET_TAG, MARKER_KEYS_TAG, TRIGGER_TAG
+from stock_assets.resources import PipelineSettings
+from stock_assets.sensors import (
+    MAX_MARKERS_PER_RUN,
+    Marker,
+    dump_cursor,
+    marker_run_requests,
+    new_markers,
+    next_seen,
+    parse_cursor,
+    sensor_interval_seconds,
+    success_marker_sensor,
+)
+
+
+def tick(cursor: str | None = None, settings: PipelineSettings | None = None):
+    """One sensor evaluation, as the daemon would run it."""
+    context = build_sensor_context(
+        cursor=cursor,
+        resources={"s3": S3Resource(), "settings": settings or PipelineSettings()},
+    )
+    return success_marker_sensor(context)
+
+
+def marker_keys(result) -> list[list[str]]:
+    return [json.loads(r.tags[MARKER_KEYS_TAG]) for r in result.run_requests or []]
+
+
+@pytest.fixture
+def bucket(seeded_stack, naming) -> str:
+    return naming.monitored_bucket
+
+
+def put(s3_client, bucket: str, key: str, body: bytes = b"") -> None:
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def test_markers_at_any_prefix_start_one_run_listing_every_key(bucket, s3_client):
+    first = tick()
+    assert isinstance(first, SensorResult) and not first.run_requests
+    put(s3_client, bucket, ".SUCCESS")
+    put(s3_client, bucket, "2026/11/01/.SUCCESS")
+    put(s3_client, bucket, "batch.SUCCESS")
+    put(s3_client, bucket, "data.csv")  # not a marker
+    put(s3_client, bucket, "old.SUCCESS.bak")  # not a marker either
+
+    result = tick(first.cursor)
+    [request] = result.run_requests
+    assert json.loads(request.tags[MARKER_KEYS_TAG]) == [
+        ".SUCCESS", "2026/11/01/.SUCCESS", "batch.SUCCESS"
+    ]  # fmt: skip
+    assert request.tags[TRIGGER_TAG] == "s3-marker"
+    assert request.tags[MARKER_BUCKET_TAG] == bucket
+    # Nothing new: nothing requested, whatever the number of ticks.
+    again = tick(result.cursor)
+    assert not again.run_requests and again.cursor == result.cursor
+
+
+def test_each_new_marker_gets_its_own_run(bucket, s3_client):
+    put(s3_client, bucket, "a/.SUCCESS")
+    one = tick()
+    put(s3_client, bucket, "b/.SUCCESS")
+    two = tick(one.cursor)
+    assert marker_keys(one) == [["a/.SUCCESS"]] and marker_keys(two) == [["b/.SUCCESS"]]
+    assert one.run_requests[0].run_key != two.run_requests[0].run_key
+
+
+def test_rewriting_a_marker_is_a_new_marker(bucket, s3_client):
+    put(s3_client, bucket, ".SUCCESS")
+    first = tick()
+    # New content, same second: a new ETag.
+    put(s3_client, bucket, ".SUCCESS", b"again")
+    second = tick(first.cursor)
+    # Same (empty) content as before, a later second: same ETag, new LastModified.
+    time.sleep(1.1)
+    put(s3_client, bucket, ".SUCCESS", b"again")
+    third = tick(second.cursor)
+    assert marker_keys(first) == marker_keys(second) == marker_keys(third) == [[".SUCCESS"]]
+    run_keys = {r.run_requests[0].run_key for r in (first, second, third)}
+    assert len(run_keys) == 3
+
+
+def test_cursor_forgets_deleted_markers(bucket, s3_client):
+    put(s3_client, bucket, "x/.SUCCESS")
+    put(s3_client, bucket, "y/.SUCCESS")
+    first = tick()
+    s3_client.delete_object(Bucket=bucket, Key="x/.SUCCESS")
+    second = tick(first.cursor)
+    assert not second.run_requests
+    assert list(parse_cursor(second.cursor)) == ["y/.SUCCESS"]
+
+
+def test_markers_past_the_first_listing_page_are_found(bucket, s3_client):
+    # 1,050 other objects sort before the markers, so the markers are on the second page.
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: put(s3_client, bucket, f"a-noise/{i:05d}.csv"), range(1050)))
+    put(s3_client, bucket, "z/1/.SUCCESS")
+    put(s3_client, bucket, "z/2/.SUCCESS")
+    assert marker_keys(tick()) == [["z/1/.SUCCESS", "z/2/.SUCCESS"]]
+
+
+def test_missing_bucket_is_a_skip_with_advice(clean_stack):
+    result = tick(settings=PipelineSettings(monitored_bucket="no-such-bucket-here"))
+    assert isinstance(result, SkipReason)
+    assert "stock-assets provision" in result.skip_message
+
+
+# --- pure cursor logic ---------------------------------------------------------------------------
+
+
+def test_new_markers_compare_key_and_version():
+    seen = {"a/.SUCCESS": "e1@t1", "b/.SUCCESS": "e2@t2"}
+    markers = [
+        Marker("a/.SUCCESS", "e1", "t1"),  # unchanged
+        Marker("b/.SUCCESS", "e2", "t3"),  # rewritten later
+        Marker("c/.SUCCESS", "e3", "t3"),  # new
+    ]
+    assert [m.key for m in new_markers(markers, seen)] == ["b/.SUCCESS", "c/.SUCCESS"]
+    assert next_seen(markers) == {m.key: m.version for m in markers}
+
+
+def test_cursor_round_trips_and_refuses_unknown_versions():
+    seen = {"b": "2", "a": "1"}
+    assert parse_cursor(dump_cursor(seen)) == seen
+    assert parse_cursor(None) == {}
+    with pytest.raises(ValueError, match="cursor version"):
+        parse_cursor(json.dumps({"version": 99, "seen": {}}))
+
+
+def test_many_markers_are_split_into_bounded_runs():
+    markers = [Marker(f"{i:04d}/.SUCCESS", "e", "t") for i in range(2 * MAX_MARKERS_PER_RUN + 1)]
+    requests = marker_run_requests("bucket", markers)
+    sizes = [len(json.loads(r.tags[MARKER_KEYS_TAG])) for r in requests]
+    assert sizes == [MAX_MARKERS_PER_RUN, MAX_MARKERS_PER_RUN, 1]
+    assert len({r.run_key for r in requests}) == 3
+    # Deterministic: the same markers give the same run keys (Dagster launches a key once).
+    assert [r.run_key for r in marker_run_requests("bucket", markers)] == [
+        r.run_key for r in requests
+    ]
+
+
+def test_interval_comes_from_the_environment():
+    assert sensor_interval_seconds({}) == 15
+    assert sensor_interval_seconds({"STOCK_ASSETS_SENSOR_INTERVAL_SECONDS": "5"}) == 5
+    with pytest.raises(ValueError, match="whole number"):
+        sensor_interval_seconds({"STOCK_ASSETS_SENSOR_INTERVAL_SECONDS": "soon"})
