@@ -64,7 +64,9 @@ class FaultyHttpProxy:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if fault and fault.status:
-                    payload = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
+                    payload = (
+                        b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
+                    )
                     self.send_response(fault.status)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

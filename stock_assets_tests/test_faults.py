@@ -113,7 +113,9 @@ def test_a_slow_answer_times_out_and_is_retried(loaded, s3_proxy, local_stack, d
     assert sorted(table_rows(db)) == loaded[0]
 
 
-def test_an_endpoint_that_stays_slow_fails_cleanly(loaded, s3_proxy, local_stack, s3_client, naming, db):
+def test_an_endpoint_that_stays_slow_fails_cleanly(
+    loaded, s3_proxy, local_stack, s3_client, naming, db
+):
     s3_proxy.faults.append(HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}", delay=2.0))
     s3 = StockS3Resource(read_timeout_seconds=0.5, max_attempts=2)
     result = _materialize_with_s3(s3, local_stack)
@@ -176,9 +178,7 @@ def test_backend_killed_mid_copy_leaves_the_table(loaded, pg_proxy, db, local_st
     assert sorted(table_rows(db)) == loaded[0]
 
 
-def test_run_killed_mid_transform_leaves_no_partial_output(
-    loaded, s3_proxy, s3_client, naming, db
-):
+def test_run_killed_mid_transform_leaves_no_partial_output(loaded, s3_proxy, s3_client, naming, db):
     # A changed input, so a run that completed its write would leave a different object.
     s3_client.delete_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}flhk.us.csv")
     s3_proxy.faults.append(HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}", delay=0.5))

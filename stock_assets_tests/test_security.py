@@ -1,0 +1,124 @@
+"""Security: no secrets in the repository, least-privilege policies, TLS honoured, identifiers
+quoted and values parameterised."""
+
+import glob
+import io
+import re
+import subprocess
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from stock_assets import iam
+from stock_assets.pipeline.load import load_csv
+from stock_assets.pipeline.quality import ChecksummingReader
+from stock_assets.resources import PostgresResource, redact_url
+from stock_assets.settings import Naming
+from stock_assets_tests.conftest import REPO_ROOT
+from stock_assets_tests.faults import TcpToUnixProxy
+
+SECRET_PATTERNS = {
+    "AWS access key id": re.compile(rb"(?<![A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
+    "AWS secret access key": re.compile(
+        rb"(?i)aws_?secret_?access_?key\s*[=:]\s*['\"]?[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])"
+    ),
+    "private key": re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+}
+
+
+def tracked_files() -> list[str]:
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, check=True,
+    )  # fmt: skip
+    return [name for name in listing.stdout.decode().splitlines() if name]
+
+
+def test_the_scanner_finds_what_it_looks_for():
+    fake_id = b"AKIA" + b"Q" * 16
+    fake_secret = b"aws_secret_access_key = " + b"x" * 40
+    assert SECRET_PATTERNS["AWS access key id"].search(b"key=" + fake_id + b"\n")
+    assert SECRET_PATTERNS["AWS secret access key"].search(fake_secret)
+
+
+def test_no_secret_is_in_the_repository():
+    found = []
+    for name in tracked_files():
+        path = REPO_ROOT / name
+        if not path.is_file() or path.suffix in {".xz", ".png"}:
+            continue
+        data = path.read_bytes()
+        found += [f"{name}: {what}" for what, p in SECRET_PATTERNS.items() if p.search(data)]
+    assert found == []
+
+
+def actions_and_resources(policy: dict) -> list[tuple[str, str]]:
+    return [(a, r) for s in policy["Statement"] for a in s["Action"] for r in s["Resource"]]
+
+
+def test_pipeline_policy_grants_only_what_the_pipeline_uses():
+    naming = Naming(first_name="Dora", surname="Explorer")
+    policy = iam.pipeline_role_policy(naming, account_id="123456789012")
+    pairs = actions_and_resources(policy)
+    assert not any("*" == a.split(":")[1] for a, _ in pairs)  # no service-wide wildcards
+    writes = {r for a, r in pairs if a == "s3:PutObject"}
+    assert writes == {
+        f"arn:aws:s3:::{naming.source_bucket}/Output/historical_stock_data.csv",
+        f"arn:aws:s3:::{naming.source_bucket}/Output/rejected/*",
+    }
+    assert {a for a, _ in pairs} == {
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:PutObject",
+        "sns:Publish",
+        "sns:ListTopics",
+    }
+    buckets = {r.split(":::")[1].split("/")[0] for a, r in pairs if a.startswith("s3:")}
+    assert buckets == {naming.source_bucket, naming.monitored_bucket}
+    publish = [r for a, r in pairs if a == "sns:Publish"]
+    assert publish == [f"arn:aws:sns:eu-west-1:123456789012:{naming.sns_topic}"]
+
+
+def test_grader_policy_lets_anyone_put_success_markers_and_nothing_else():
+    naming = Naming()
+    [statement] = iam.grader_marker_bucket_policy(naming)["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Action"] == ["s3:PutObject"]
+    assert statement["Resource"] == [f"arn:aws:s3:::{naming.monitored_bucket}/*.SUCCESS"]
+
+
+def test_sslmode_require_is_honoured(local_stack):
+    # Through a TCP hop, where TLS applies (the embedded server only has a Unix socket).
+    socket_dir = local_stack.env["STOCK_ASSETS_DATABASE_URL"].split("host=", 1)[1]
+    [socket_path] = glob.glob(f"{socket_dir}/.s.PGSQL.*[0-9]")
+    proxy = TcpToUnixProxy(socket_path).start()
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+        with PostgresResource(database_url=url).connect() as conn:
+            assert conn.closed == 0
+        # The local server has no TLS: a URL that requires it must refuse to connect.
+        with pytest.raises(psycopg2.OperationalError, match="SSL"):
+            with PostgresResource(database_url=url + "?sslmode=require").connect():
+                pass
+    finally:
+        proxy.stop()
+
+
+def test_passwords_never_reach_logs_or_the_ui():
+    shown = redact_url("postgresql+psycopg2://app:s3cr3t@db.example.com:5432/prod?sslmode=require")
+    assert "s3cr3t" not in shown and "app:***@db.example.com" in shown
+
+
+def test_hostile_table_names_are_quoted_not_injected(clean_stack, db):
+    name = 'stocks"; DROP TABLE pg_class; --'
+    csv_body = b"2020-01-02,1.0,1.0,1.0,1.0,1,0.0,0.0,x\n"
+    conn = psycopg2.connect(clean_stack.env["STOCK_ASSETS_DATABASE_URL"])
+    try:
+        result = load_csv(conn, ChecksummingReader(io.BytesIO(csv_body)), table=name)
+        assert result.rows_loaded == 1
+    finally:
+        conn.close()
+    with db.cursor() as cur:
+        cur.execute(sql.SQL("SELECT company_name FROM {}").format(sql.Identifier(name)))
+        assert cur.fetchall() == [("x",)]
+        cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
