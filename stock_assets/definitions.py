@@ -1,6 +1,6 @@
 """The Dagster code location: `stock_assets.definitions:defs`."""
 
-from dagster import Definitions, EnvVar, in_process_executor
+from dagster import Definitions, in_process_executor
 
 from stock_assets.assets import (
     historical_stock_data_csv,
@@ -28,7 +28,8 @@ defs = Definitions(
     resources={
         # Endpoint, region and credentials come from boto3's own environment variables.
         "s3": StockS3Resource(),
-        "postgres": PostgresResource(database_url=EnvVar("STOCK_ASSETS_DATABASE_URL")),
+        # The URL (a secret) is read from STOCK_ASSETS_DATABASE_URL when a run connects.
+        "postgres": PostgresResource(),
         "settings": PipelineSettings.from_env(),
         # Topic from the naming convention (STOCK_ASSETS_SNS_TOPIC overrides: a name or an ARN).
         "sns": SNSResource.from_env(),

