@@ -2,13 +2,15 @@
 
 The Dagster layer (`stock_assets.sensors`) reads a run's tags and events into a `RunReport`; this
 module turns it into a subject the graders match exactly and a body a person can act on. The
-retry helper is here too, so its behaviour is testable without AWS.
+retry helper is here too, so its behaviour is testable without AWS, and the sensors' settings
+from the environment, so the CLI reads them without importing Dagster.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +43,30 @@ BODY_MAX_CHARS = 60_000
 ERROR_MAX_CHARS = 2_000
 
 log = logging.getLogger(__name__)
+
+# Sensor settings live here too (not in sensors.py) so the CLI can read them without Dagster.
+INTERVAL_ENV = "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS"
+DEFAULT_INTERVAL_SECONDS = 15
+UI_URL_ENV = "STOCK_ASSETS_UI_URL"
+DEFAULT_UI_URL = "http://127.0.0.1:3000"
+
+
+def sensor_interval_seconds(environ: Mapping[str, str] | None = None) -> int:
+    """The sensors' minimum interval, from STOCK_ASSETS_SENSOR_INTERVAL_SECONDS (default 15)."""
+    raw = (os.environ if environ is None else environ).get(INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_INTERVAL_SECONDS
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise ValueError(f"{INTERVAL_ENV} must be a whole number of seconds, not {raw!r}") from None
+    if seconds < 1:
+        raise ValueError(f"{INTERVAL_ENV} must be at least 1, not {seconds}")
+    return seconds
+
+
+def ui_base_url() -> str:
+    return os.environ.get(UI_URL_ENV, "").strip() or DEFAULT_UI_URL
 
 
 class NotificationError(RuntimeError):

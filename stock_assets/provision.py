@@ -339,7 +339,7 @@ def drop_marker(s3: Any, bucket: str, key: str) -> dict[str, str]:
 def cli_trigger(args: Any) -> int:
     import boto3
 
-    from stock_assets.sensors import sensor_interval_seconds
+    from stock_assets.notifications import sensor_interval_seconds
 
     naming = Naming.from_env()
     try:

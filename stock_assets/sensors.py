@@ -11,7 +11,7 @@ S3 listings, run tags and run events.
 
 import hashlib
 import json
-import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,15 +55,13 @@ from stock_assets.notifications import (
     build_body,
     describe_trigger,
     run_url,
+    sensor_interval_seconds,
+    ui_base_url,
 )
 from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.settings import TABLE_NAME
 
 MARKER_SUFFIX = ".SUCCESS"
-INTERVAL_ENV = "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS"
-DEFAULT_INTERVAL_SECONDS = 15
-UI_URL_ENV = "STOCK_ASSETS_UI_URL"
-DEFAULT_UI_URL = "http://127.0.0.1:3000"
 # Markers found in one tick share a run, up to this many per run, so the tag listing them stays
 # a readable size.
 MAX_MARKERS_PER_RUN = 100
@@ -71,24 +69,6 @@ CURSOR_VERSION = 1
 
 CSV_ASSET = AssetKey("historical_stock_data_csv")
 TABLE_ASSET = AssetKey("historical_stocks_data")
-
-
-def sensor_interval_seconds(environ: Mapping[str, str] | None = None) -> int:
-    """The sensors' minimum interval, from STOCK_ASSETS_SENSOR_INTERVAL_SECONDS (default 15)."""
-    raw = (os.environ if environ is None else environ).get(INTERVAL_ENV, "").strip()
-    if not raw:
-        return DEFAULT_INTERVAL_SECONDS
-    try:
-        seconds = int(raw)
-    except ValueError:
-        raise ValueError(f"{INTERVAL_ENV} must be a whole number of seconds, not {raw!r}") from None
-    if seconds < 1:
-        raise ValueError(f"{INTERVAL_ENV} must be at least 1, not {seconds}")
-    return seconds
-
-
-def ui_base_url() -> str:
-    return os.environ.get(UI_URL_ENV, "").strip() or DEFAULT_UI_URL
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +174,7 @@ def success_marker_sensor(
     if not fresh:
         return SensorResult(
             skip_reason=f"no new {MARKER_SUFFIX} marker in s3://{bucket} "
-            f"({len(markers)} already acted on)",
+            f"({len(markers)} marker(s) present, all acted on already)",
             cursor=cursor,
         )
     context.log.info(
@@ -276,6 +256,14 @@ def _causes(error: SerializableErrorInfo | None) -> list[SerializableErrorInfo]:
     return chain
 
 
+def _error_text(error: SerializableErrorInfo) -> tuple[str, str]:
+    """(class name, message) — the stored message repeats "module.Class: " in front; drop it."""
+    name = error.cls_name or "Error"
+    text = error.message.strip()
+    prefix = re.match(rf"^[\w.]*\b{re.escape(name)}: ?", text)
+    return name, text[prefix.end() :] if prefix else text
+
+
 def step_error(event: Any) -> StepError:
     """The real error of a step failure, not Dagster's generic wrapper around it."""
     data = event.event_specific_data
@@ -287,10 +275,10 @@ def step_error(event: Any) -> StepError:
     if user_failure is not None and user_failure.description:
         head_type, head_message = "Failure", user_failure.description
     elif chain:
-        head_type, head_message = chain[0].cls_name or "Error", chain[0].message
+        head_type, head_message = _error_text(chain[0])
     else:
         head_type, head_message = "Error", event.message or "no error recorded"
-    causes = tuple(f"{c.cls_name}: {c.message.strip()}" for c in chain[1:])
+    causes = tuple(": ".join(_error_text(c)) for c in chain[1:])
     return StepError(event.step_key or "unknown step", head_type, head_message.strip(), causes)
 
 

@@ -268,3 +268,23 @@ def test_sns_outage_is_recorded_on_the_run_and_raised(seeded_stack, naming, monk
         result.run_id, of_type=DagsterEventType.ENGINE_EVENT
     ).records
     assert any("was NOT sent" in (r.event_log_entry.message or "") for r in engine_events)
+
+
+def test_unexpected_error_is_reported_unwrapped(seeded_stack, topic, naming, monkeypatch):
+    # The database is down: the load step raises psycopg2's own error, not a Dagster Failure.
+    monkeypatch.setenv(
+        "STOCK_ASSETS_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    )
+    instance = DagsterInstance.ephemeral()
+    result = run_job(instance)
+    assert not result.success
+    with sensor_context(
+        instance, result, result.get_run_failure_event(), "sns_on_pipeline_failure", naming
+    ) as context:
+        sns_on_pipeline_failure(context)
+
+    [sent] = inbox(seeded_stack, naming)
+    assert "step historical_stocks_data: OperationalError: connection to server" in sent.message
+    assert "DagsterExecutionStepExecutionError" not in sent.message
+    # What did happen before the failure is still reported.
+    assert "rows written to CSV:   not reached" not in sent.message

@@ -345,6 +345,8 @@ class DagsterClient:
     start_date=datetime(2024, 1, 1),
     catchup=False,
     max_active_runs=1,  # every run rewrites the same CSV and table
+    # Unscheduled, so nothing runs by itself; unpaused means a trigger runs without a click.
+    is_paused_upon_creation=False,
     tags=["stock_assets", "dagster"],
     doc_md=__doc__,
 )

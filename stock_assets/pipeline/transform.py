@@ -359,8 +359,8 @@ def _transform_clean_file(data: bytes, result: FileResult) -> bool:
     per row puts every '-' inside a date; strictly increasing dates cannot repeat. Real files
     are like that, so the general path (regexes, per-row reasons) only sees the odd one.
     """
-    body = _clean_data_lines(data)
-    if body is None:
+    body_start = _clean_data_lines(data)
+    if body_start is None:
         return False
     try:
         raw = pv.read_csv(
@@ -381,7 +381,7 @@ def _transform_clean_file(data: bytes, result: FileResult) -> bool:
             ),
         ).combine_chunks()
         n = raw.num_rows
-        if n == 0 or body.count(b"-") != 2 * n:
+        if n == 0 or data.count(b"-", body_start) != 2 * n:
             return False
         days = _chunk(pc.cast(raw["Date"], pa.date32())).view(pa.int32()).to_numpy()
         floats = [_chunk(pc.cast(raw[name], pa.float64())) for name in PRICE_COLUMNS]
@@ -398,18 +398,20 @@ def _transform_clean_file(data: bytes, result: FileResult) -> bool:
     return True
 
 
-def _clean_data_lines(data: bytes) -> bytes | None:
-    """The data lines (after the header) if they pass the fast path's byte gate, else None."""
-    header_end = data.find(b"\n")
-    body = data[header_end + 1 :] if header_end >= 0 else b""
+def _clean_data_lines(data: bytes) -> int | None:
+    """Where the data lines start (after the header) if they pass the fast path's byte gate,
+    else None. Works on the whole file without copying it: the header's own bytes are known."""
+    body_start = data.find(b"\n") + 1
     if (
-        not body
-        or body.startswith(b"\n")
-        or b"\n\n" in body
-        or body.translate(None, _FAST_PATH_BYTES)
+        body_start == 0
+        or body_start == len(data)
+        or data[body_start : body_start + 1] == b"\n"
+        or b"\n\n" in data
+        or data.translate(None, _FAST_PATH_BYTES)
+        != data[:body_start].translate(None, _FAST_PATH_BYTES)
     ):
         return None
-    return body
+    return body_start
 
 
 def _finish_batch(pending: list[tuple[FileResult, bytes | None]]) -> list[FileResult]:
@@ -428,15 +430,18 @@ def _transform_clean_batch(files: list[tuple[FileResult, bytes]]) -> list[bool]:
     The data lines of all files are parsed as one CSV; the per-file rules (two '-' per row,
     strictly increasing dates within the file) are checked per file on the joined columns.
     """
-    bodies, rows, dashes_ok = [], [], []
+    bodies: list[memoryview | bytes] = []
+    rows, dashes_ok = [], []
     for _, data in files:
-        body = _clean_data_lines(data)
-        assert body is not None  # only clean files are batched
-        if not body.endswith(b"\n"):
-            body += b"\n"
-        bodies.append(body)
-        rows.append(body.count(b"\n"))  # no blank lines and no quotes: one row per line
-        dashes_ok.append(body.count(b"-") == 2 * rows[-1])
+        body_start = _clean_data_lines(data)
+        assert body_start is not None  # only clean files are batched
+        bodies.append(memoryview(data)[body_start:])
+        # No blank lines and no quotes: one row per line.
+        rows.append(data.count(b"\n", body_start))
+        if not data.endswith(b"\n"):
+            bodies.append(b"\n")
+            rows[-1] += 1
+        dashes_ok.append(data.count(b"-", body_start) == 2 * rows[-1])
     counts = np.array(rows, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     try:
