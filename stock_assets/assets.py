@@ -276,7 +276,7 @@ def _csv_checks(
         ),
         finding_result(
             CSV, "skipped_files",
-            quality.Finding(len(skipped), [f"{f.file_name}: {f.skip_reason}" for f in skipped][:10]),
+            quality.Finding(len(skipped), [f"{f.file_name}: {f.skip_reason}" for f in skipped]),
             kept_at=rejects.get("skipped_files", "none"),
         ),
         finding_result(CSV, "open_zero_rows", quality.open_zero_rows(table)),

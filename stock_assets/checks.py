@@ -89,7 +89,8 @@ def finding_result(asset: AssetKey, name: str, finding: Finding, **extra: Any) -
     """A non-blocking warning that passes when nothing was found."""
     metadata: dict[str, Any] = {"count": finding.count, **extra}
     if finding.examples:
-        metadata["examples"] = MetadataValue.md("\n".join(f"- {e}" for e in finding.examples))
+        shown = finding.examples[:10]
+        metadata["examples"] = MetadataValue.md("\n".join(f"- {e}" for e in shown))
     return result(asset, name, not finding.found, metadata, blocking=False)
 
 

@@ -105,7 +105,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         csv_meta = result.asset_materializations_for_node("historical_stock_data_csv")[0].metadata
         print(
             f"\nthe pipeline succeeded in {seconds:.1f}s (run id {result.run_id})\n"
-            f"  rows read {csv_meta['rows_read'].value}, written {csv_meta['dagster/row_count'].value}, "
+            f"  rows read {csv_meta['rows_read'].value}, "
+            f"written {csv_meta['dagster/row_count'].value}, "
             f"rejected {csv_meta['rows_rejected'].value}; files skipped "
             f"{csv_meta['files_skipped'].value}\n"
             f"  CSV    s3://{naming.source_bucket}/{OUTPUT_KEY}\n"

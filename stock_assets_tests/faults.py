@@ -5,6 +5,7 @@ fail, slow down or cut the traffic on demand. Nothing of the pipeline's own code
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
@@ -155,10 +156,8 @@ class TcpToUnixProxy:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         """Drop every proxied connection at once, as a network failure would."""

@@ -85,10 +85,13 @@ def test_duplicate_bad_date_and_non_numeric_rows_warn_and_are_kept_with_reasons(
     found = checks(result)
     passed, severity, meta = found["rejected_rows"]
     assert (passed, severity, meta["count"]) == (False, AssetCheckSeverity.WARN, 3)
-    assert found["no_duplicate_keys"][0] and found["no_duplicate_keys"][2][
-        "duplicates_rejected_upstream"
-    ] == 1
-    reasons = sorted(r["reason"].split(":")[0] for r in rejected_rows(s3_client, naming, result.run_id))
+    assert (
+        found["no_duplicate_keys"][0]
+        and found["no_duplicate_keys"][2]["duplicates_rejected_upstream"] == 1
+    )
+    reasons = sorted(
+        r["reason"].split(":")[0] for r in rejected_rows(s3_client, naming, result.run_id)
+    )
     assert reasons == [
         "Date is not a valid ISO date (YYYY-MM-DD)",
         "Open is not a non-negative decimal number",
@@ -167,7 +170,9 @@ def test_deep_table_check_counts_duplicates_in_the_table(seeded_stack, db):
 
     assert run_job().success
     with db.cursor() as cur:
-        cur.execute("INSERT INTO historical_stocks_data SELECT * FROM historical_stocks_data LIMIT 2")
+        cur.execute(
+            "INSERT INTO historical_stocks_data SELECT * FROM historical_stocks_data LIMIT 2"
+        )
         outcome = check_no_duplicate_keys(None)(cur, "historical_stocks_data")
     assert not outcome.passed and len(outcome.metadata["examples"]) == 2
 

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from dagster import AssetKey
 
 from stock_assets.definitions import defs
@@ -16,7 +15,15 @@ from stock_assets_tests.conftest import REPO_ROOT
 @pytest.mark.parametrize(
     "command",
     [
-        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "stock_assets.definitions"],
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "definitions",
+            "validate",
+            "-m",
+            "stock_assets.definitions",
+        ],
         [str(Path(sys.executable).parent / "dg"), "check", "defs"],
     ],
     ids=["dagster-definitions-validate", "dg-check-defs"],
@@ -49,10 +56,16 @@ def test_job_and_sensors_have_the_specs_names():
     job = defs.resolve_job_def("stock_pipeline_job")
     selected = {k.to_user_string() for k in job.asset_layer.asset_graph.get_all_asset_keys()}
     assert {"top_companies", "historical_stock_data_csv", "historical_stocks_data"} <= selected
-    sensors = {s.name for s in defs.resolve_all_sensor_defs()} if hasattr(
-        defs, "resolve_all_sensor_defs"
-    ) else {s.name for s in defs.sensors}
-    assert {"success_marker_sensor", "sns_on_pipeline_success", "sns_on_pipeline_failure"} <= sensors
+    sensors = (
+        {s.name for s in defs.resolve_all_sensor_defs()}
+        if hasattr(defs, "resolve_all_sensor_defs")
+        else {s.name for s in defs.sensors}
+    )
+    assert {
+        "success_marker_sensor",
+        "sns_on_pipeline_success",
+        "sns_on_pipeline_failure",
+    } <= sensors
 
 
 def test_every_asset_can_be_materialised_on_its_own():

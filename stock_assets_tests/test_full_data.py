@@ -36,7 +36,9 @@ def test_full_real_data_set_reconciles(clean_stack, s3_client, naming, db):
     assert csv_meta["rows_read"] == table_rows + csv_meta["rows_rejected"]
     assert table_rows == csv_meta["dagster/row_count"] == 2_054_899
     assert companies == 995
-    skipped = {line.split(" |")[0].strip("| ") for line in csv_meta["skipped_files"].splitlines()[2:]}
+    skipped = {
+        line.split(" |")[0].strip("| ") for line in csv_meta["skipped_files"].splitlines()[2:]
+    }
     assert skipped == EMPTY_FILES
     assert csv_meta["open_zero_rows"] == 1
     assert output_lines(s3_client, naming)[0] == FIRST_LINE

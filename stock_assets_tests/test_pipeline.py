@@ -10,7 +10,9 @@ from stock_assets.definitions import defs
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import sample_files, table_rows
 
-FIRST_LINE = "2015-10-27,65.17,65.17,63.056,63.187,36229,-3.0428111094061747,-1.983000000000004,tmusp"
+FIRST_LINE = (
+    "2015-10-27,65.17,65.17,63.056,63.187,36229,-3.0428111094061747,-1.983000000000004,tmusp"
+)
 
 
 def run_job(asset_keys: list[str] | None = None):
@@ -38,7 +40,9 @@ def test_job_writes_the_spec_csv_and_loads_the_table(seeded_stack, s3_client, na
     lines = output_lines(s3_client, naming)
     assert lines[0] == FIRST_LINE
     # blj's Open = 0 row: kept, with an empty percentage.
-    [blj_zero] = [line for line in lines if line.startswith("2008-02-07,") and line.endswith(",blj")]
+    [blj_zero] = [
+        line for line in lines if line.startswith("2008-02-07,") and line.endswith(",blj")
+    ]
     assert blj_zero.split(",")[6] == ""
     # Only filter companies, in filter order; a.us.csv is in Stocks/ but not in the filter.
     companies = list(dict.fromkeys(line.rsplit(",", 1)[1] for line in lines))
@@ -119,7 +123,10 @@ def test_row_count_mismatch_rolls_back(seeded_stack, s3_client, naming, db):
     before = sorted(table_rows(db))
     body = "\n".join(output_lines(s3_client, naming)[:10]) + "\n"
     s3_client.put_object(
-        Bucket=naming.source_bucket, Key=OUTPUT_KEY, Body=body.encode(), Metadata={"row-count": "11"}
+        Bucket=naming.source_bucket,
+        Key=OUTPUT_KEY,
+        Body=body.encode(),
+        Metadata={"row-count": "11"},
     )
     result = run_job(["historical_stocks_data"])
     assert not result.success
@@ -140,7 +147,9 @@ def test_oversized_file_is_refused_before_any_read(seeded_stack, s3_client, nami
     result = run_job()
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "exceed the 1000000-byte limit: two.us.csv" in failures[0].event_specific_data.error.message
+    assert (
+        "exceed the 1000000-byte limit: two.us.csv" in failures[0].event_specific_data.error.message
+    )
     with pytest.raises(s3_client.exceptions.ClientError):
         s3_client.head_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)
 

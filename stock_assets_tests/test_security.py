@@ -61,7 +61,7 @@ def test_pipeline_policy_grants_only_what_the_pipeline_uses():
     naming = Naming(first_name="Dora", surname="Explorer")
     policy = iam.pipeline_role_policy(naming, account_id="123456789012")
     pairs = actions_and_resources(policy)
-    assert not any("*" == a.split(":")[1] for a, _ in pairs)  # no service-wide wildcards
+    assert not any(a.split(":")[1] == "*" for a, _ in pairs)  # no service-wide wildcards
     writes = {r for a, r in pairs if a == "s3:PutObject"}
     assert writes == {
         f"arn:aws:s3:::{naming.source_bucket}/Output/historical_stock_data.csv",
@@ -97,9 +97,9 @@ def test_sslmode_require_is_honoured(local_stack):
         with PostgresResource(database_url=url).connect() as conn:
             assert conn.closed == 0
         # The local server has no TLS: a URL that requires it must refuse to connect.
-        with pytest.raises(psycopg2.OperationalError, match="SSL"):
-            with PostgresResource(database_url=url + "?sslmode=require").connect():
-                pass
+        required = PostgresResource(database_url=url + "?sslmode=require")
+        with pytest.raises(psycopg2.OperationalError, match="SSL"), required.connect():
+            pass
     finally:
         proxy.stop()
 

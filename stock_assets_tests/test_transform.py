@@ -13,7 +13,9 @@ def reference_line(raw: str, company: str) -> str:
     d, o, h, lo, c, v, _ = raw.split(",")
     o, h, lo, c = map(float, (o, h, lo, c))
     pct = "" if o == 0 else repr((c - o) / o * 100)
-    return ",".join([d, repr(o), repr(h), repr(lo), repr(c), str(int(v)), pct, repr(c - o), company])
+    return ",".join(
+        [d, repr(o), repr(h), repr(lo), repr(c), str(int(v)), pct, repr(c - o), company]
+    )
 
 
 def lines_of(result) -> list[str]:
@@ -26,7 +28,9 @@ def lines_of(result) -> list[str]:
 def test_every_sample_row_matches_the_plain_reference(path):
     data = path.read_bytes()
     result = transform_file(path.name, data)
-    expected = [reference_line(line, path.name.split(".")[0]) for line in data.decode().splitlines()[1:]]
+    expected = [
+        reference_line(line, path.name.split(".")[0]) for line in data.decode().splitlines()[1:]
+    ]
     assert lines_of(result) == expected
 
 
@@ -91,7 +95,9 @@ def test_unreadable_files_are_skipped_with_a_reason(name, data, reason):
 
 
 def test_bom_and_crlf_are_tolerated():
-    data = b"\xef\xbb\xbf" + HEADER.replace(b"\n", b"\r\n") + b"2020-01-02,1.5,2.0,0.5,1.0,100,0\r\n"
+    data = (
+        b"\xef\xbb\xbf" + HEADER.replace(b"\n", b"\r\n") + b"2020-01-02,1.5,2.0,0.5,1.0,100,0\r\n"
+    )
     result = transform_file("c.us.csv", data)
     assert result.rejected == []
     assert lines_of(result) == ["2020-01-02,1.5,2.0,0.5,1.0,100,-33.33333333333333,-0.5,c"]
@@ -99,7 +105,9 @@ def test_bom_and_crlf_are_tolerated():
 
 def test_combine_keeps_filter_order_and_drops_cross_file_duplicates():
     first = transform_file("dup.us.csv", HEADER + b"2020-01-02,1,1,1,1,1,0\n")
-    second = transform_file("dup.uk.csv", HEADER + b"2020-01-02,2,2,2,2,2,0\n2020-01-03,2,2,2,2,2,0\n")
+    second = transform_file(
+        "dup.uk.csv", HEADER + b"2020-01-02,2,2,2,2,2,0\n2020-01-03,2,2,2,2,2,0\n"
+    )
     other = transform_file("zz.us.csv", HEADER + b"2020-01-02,3,3,3,3,3,0\n")
     combined = combine([other, first, second])
     dates = combined.table.column("company_name").to_pylist()
