@@ -16,6 +16,7 @@ demo: $(STAMP)  ## run the whole pipeline once on the local stack (real data)
 
 test: $(STAMP)  ## lint + the whole test suite against the real local stack
 	$(VENV)/bin/ruff check stock_assets stock_assets_tests
+	$(VENV)/bin/ruff format --check stock_assets stock_assets_tests
 	$(VENV)/bin/pytest
 
 dev: $(STAMP)  ## local stack + Dagster UI and daemon on http://127.0.0.1:3000

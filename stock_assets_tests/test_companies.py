@@ -19,7 +19,7 @@ def test_duplicates_are_dropped_first_one_wins_and_reported():
 
 
 def test_newlines_and_unquoted_names_are_accepted():
-    parsed = parse_company_filter(b"a.us.csv\n\"b.us.csv\"\n\n")
+    parsed = parse_company_filter(b'a.us.csv\n"b.us.csv"\n\n')
     assert parsed.files == ["a.us.csv", "b.us.csv"]
 
 
