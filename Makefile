@@ -15,16 +15,20 @@ demo: $(STAMP)  ## run the whole pipeline once on the local stack (real data)
 	$(VENV)/bin/stock-assets demo
 
 test: $(STAMP)  ## lint + the whole test suite against the real local stack
-	$(VENV)/bin/ruff check stock_assets stock_assets_tests
-	$(VENV)/bin/ruff format --check stock_assets stock_assets_tests
+	$(VENV)/bin/ruff check stock_assets stock_assets_tests benchmarks airflow
+	$(VENV)/bin/ruff format --check stock_assets stock_assets_tests benchmarks airflow
 	$(VENV)/bin/pytest
 
 dev: $(STAMP)  ## local stack + Dagster UI and daemon on http://127.0.0.1:3000
 	$(VENV)/bin/stock-assets dev
 
+bench: $(STAMP)  ## benchmark: ours vs the limit proxy vs the course approach (BENCH_ARGS=--quick)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check stock_assets stock_assets_tests
-	$(VENV)/bin/ruff format --check stock_assets stock_assets_tests
+	$(VENV)/bin/ruff check stock_assets stock_assets_tests benchmarks airflow
+	$(VENV)/bin/ruff format --check stock_assets stock_assets_tests benchmarks airflow
 
 clean:
 	rm -rf $(VENV) .stock_assets

@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -502,6 +503,10 @@ def summary_line(report: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _stop(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="the small version CI runs")
@@ -510,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--course-budget", type=float, help="seconds of course INSERTs")
     parser.add_argument("--keep", action="store_true", help="keep the stack folder and logs")
     args = parser.parse_args(argv)
+    # Stopped from a script (SIGTERM, or SIGINT that background jobs ignore): still run the
+    # `finally` that stops moto and PostgreSQL instead of leaving them behind.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     profile = QUICK if args.quick else FULL
     if args.repeat:
         profile.repeat = args.repeat

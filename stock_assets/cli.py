@@ -6,6 +6,7 @@ stock-assets stack    only the local stack (moto + PostgreSQL); prints the envir
 stock-assets provision        create the course's buckets, topic, uploads, table (AWS or local)
 stock-assets trigger          drop a .SUCCESS marker in the monitored bucket (starts a run)
 stock-assets notifications    print the SNS messages the local stack (moto) has kept
+stock-assets iam              print the least-privilege IAM and bucket policy documents
 """
 
 from __future__ import annotations
@@ -205,9 +206,15 @@ def _add_event_commands(sub: argparse._SubParsersAction) -> None:
         "--email", action="append", help="subscribe this address to the topic (repeatable; "
         "also STOCK_ASSETS_NOTIFY_EMAILS=a@x,b@y)",
     )  # fmt: skip
-    provision.add_argument(
+    graders = provision.add_mutually_exclusive_group()
+    graders.add_argument(
         "--public-grader-policy", action="store_true",
         help="ALSO make the buckets public as the course's graders need (prints a warning)",
+    )  # fmt: skip
+    graders.add_argument(
+        "--marker-policy", action="store_true",
+        help="let anyone put *.SUCCESS markers into the monitored bucket, and nothing else "
+        "(least privilege; see `stock-assets iam`)",
     )  # fmt: skip
     provision.add_argument("--static-ip", help="for the grader CSV (or STOCK_ASSETS_STATIC_IP)")
     provision.add_argument("--filter-file", type=Path, help="default: the data folder's filter")
@@ -220,6 +227,20 @@ def _add_event_commands(sub: argparse._SubParsersAction) -> None:
     inbox.add_argument("--all-topics", action="store_true", help="not only this project's topic")
     inbox.add_argument("--json", action="store_true", help="machine-readable output")
     inbox.set_defaults(func=cli_notifications)
+    _add_iam_command(sub)
+
+
+def _add_iam_command(sub: argparse._SubParsersAction) -> None:
+    from stock_assets.iam import POLICY_NAMES, cli_iam
+
+    iam = sub.add_parser(
+        "iam", help="print the least-privilege policy documents for the configured names"
+    )
+    iam.add_argument("--account-id", help="12-digit AWS account id for the ARNs (default '*')")
+    iam.add_argument(
+        "--policy", choices=POLICY_NAMES, help="print only this document (default: all, by name)"
+    )
+    iam.set_defaults(func=cli_iam)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,13 +1,22 @@
-"""Least-privilege IAM policy documents, derived from the naming convention.
+"""Every IAM and bucket policy document of the project, derived from the naming convention.
 
 Instead of the course's AmazonS3FullAccess / AmazonSNSFullAccess, the pipeline's role gets only
-the buckets, prefixes, topic and actions it uses; graders get to put `.SUCCESS` markers into the
-monitored bucket and nothing else. `stock-assets iam` prints them; `provision` can apply the
-bucket policy.
+the buckets, prefixes, topic and actions it uses, and the operator who runs `provision` only what
+provisioning does. Graders get, by choice:
+- `grader_marker_bucket_policy` (least privilege): anyone may put `*.SUCCESS` objects into the
+  monitored bucket, and nothing else (`stock-assets provision --marker-policy`);
+- `public_grader_bucket_policies` (the course's): anyone may list and read both buckets and write
+  the monitored one (`stock-assets provision --public-grader-policy`, with a warning).
+
+`stock-assets iam` prints the documents for the configured names, region and account.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
+import sys
 from typing import Any
 
 from stock_assets.settings import (
@@ -109,16 +118,15 @@ def provisioner_policy(naming: Naming, region: str = "eu-west-1", account_id: st
                 "Resource": [_bucket(source), _bucket(monitored)],
             },
             {
+                # The four folders, the filter, Scripts/, and Stocks/ with --upload-stocks.
                 "Sid": "SeedObjects",
                 "Effect": "Allow",
                 "Action": ["s3:PutObject"],
                 "Resource": [
                     _objects(source, "CompanyNames/*"),
                     _objects(source, SCRIPTS_PREFIX + "*"),
+                    _objects(source, STOCKS_PREFIX + "*"),
                     _objects(source, "Output/"),
-                    _objects(source, STOCKS_PREFIX),
-                    _objects(source, "CompanyNames/"),
-                    _objects(source, SCRIPTS_PREFIX),
                 ],
             },
             {
@@ -126,6 +134,13 @@ def provisioner_policy(naming: Naming, region: str = "eu-west-1", account_id: st
                 "Effect": "Allow",
                 "Action": ["sns:CreateTopic", "sns:Subscribe", "sns:ListSubscriptionsByTopic"],
                 "Resource": [f"arn:aws:sns:{region}:{account_id}:{naming.sns_topic}"],
+            },
+            {
+                # provision looks the topic up by name before creating it.
+                "Sid": "FindTopic",
+                "Effect": "Allow",
+                "Action": ["sns:ListTopics"],
+                "Resource": ["*"],
             },
         ],
     }
@@ -149,3 +164,73 @@ def grader_marker_bucket_policy(naming: Naming) -> Policy:
             }
         ],
     }
+
+
+def public_grader_bucket_policies(naming: Naming) -> dict[str, Policy]:
+    """The course's grader access, bucket → policy: anyone may list and read the source bucket
+    (output, scripts) and list, read and write the monitored one. Public on purpose and far
+    broader than `grader_marker_bucket_policy`; `provision` applies it only behind
+    --public-grader-policy, with a warning."""
+
+    def statement(sid: str, actions: list[str], resources: list[str]) -> dict[str, Any]:
+        return {"Sid": sid, "Effect": "Allow", "Principal": "*", "Action": actions,
+                "Resource": resources}  # fmt: skip
+
+    source, monitored = naming.source_bucket, naming.monitored_bucket
+    return {
+        source: {
+            "Version": "2012-10-17",
+            "Statement": [
+                statement("GraderList", ["s3:ListBucket"], [_bucket(source)]),
+                statement("GraderRead", ["s3:GetObject"], [_objects(source, "*")]),
+            ],
+        },
+        monitored: {
+            "Version": "2012-10-17",
+            "Statement": [
+                statement("GraderList", ["s3:ListBucket"], [_bucket(monitored)]),
+                statement(
+                    "GraderDropMarker", ["s3:GetObject", "s3:PutObject"], [_objects(monitored, "*")]
+                ),
+            ],
+        },
+    }
+
+
+def marker_bucket_policies(naming: Naming) -> dict[str, Policy]:
+    """The least-privilege grader access, bucket → policy (only the monitored bucket)."""
+    return {naming.monitored_bucket: grader_marker_bucket_policy(naming)}
+
+
+# `stock-assets iam --policy NAME` → the document.
+POLICY_NAMES = ("pipeline-role", "provisioner", "marker-bucket")
+
+
+def policy_documents(
+    naming: Naming, region: str = "eu-west-1", account_id: str = "*"
+) -> dict[str, Policy]:
+    return {
+        "pipeline-role": pipeline_role_policy(naming, region, account_id),
+        "provisioner": provisioner_policy(naming, region, account_id),
+        "marker-bucket": grader_marker_bucket_policy(naming),
+    }
+
+
+def cli_iam(args: argparse.Namespace) -> int:
+    """Print the policy documents: all of them as one JSON object keyed by name, or one bare
+    document (`--policy NAME`), ready for `aws iam put-role-policy --policy-document`."""
+    from stock_assets.provision import aws_region
+
+    if args.account_id and not re.fullmatch(r"\d{12}", args.account_id):
+        print(f"--account-id must be 12 digits, not {args.account_id!r}", file=sys.stderr)
+        return 2
+    account = args.account_id or "*"
+    if not args.account_id:
+        print(
+            "note: no --account-id, so ARNs hold '*' for the account; pass your 12-digit id",
+            file=sys.stderr,
+        )
+    documents = policy_documents(Naming.from_env(), aws_region(), account)
+    chosen = documents[args.policy] if args.policy else documents
+    print(json.dumps(chosen, indent=2))
+    return 0

@@ -8,6 +8,7 @@ from the environment, so the CLI reads them without importing Dagster.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,16 @@ NOTIFICATION_TAG = "stock_assets/notification"
 NOTIFICATION_ID_TAG = "stock_assets/notification_message_id"
 
 TRIGGER_MARKER = "s3-marker"
+
+# PostgreSQL-backed Dagster instances index run tags on (key, value) with a btree, whose entries
+# may not exceed 2,704 bytes: a longer (incompressible) tag value makes creating the run fail, and
+# the markers it stands for would never run. Every tag value the marker sensor writes stays under
+# this budget; runs are split so that it does.
+MAX_TAG_VALUE_BYTES = 2_000
+# One marker key inside the keys tag. S3 allows 1,024-byte keys; longer than this, the tag keeps
+# the key's head and tail around a hash of the whole key (shorten_key).
+MAX_KEY_IN_TAG_BYTES = 300
+_KEY_TAIL_BYTES = 40
 SENSOR_NAME_TAG = "dagster/sensor_name"
 SCHEDULE_NAME_TAG = "dagster/schedule_name"
 BACKFILL_TAG = "dagster/backfill"
@@ -133,6 +144,37 @@ def sanitise_subject(subject: str) -> str:
     one_line = re.sub(r"\s+", " ", subject)
     cleaned = re.sub(r"[^\x20-\x7e]+", "_", one_line).strip()
     return cleaned[:SUBJECT_MAX_CHARS] or "Pipeline_notification"
+
+
+def _utf8_head(raw: bytes, size: int) -> str:
+    # A prefix of valid UTF-8 is invalid at most in its last, cut-in-two character: drop that.
+    return raw[:size].decode("utf-8", "ignore")
+
+
+def _utf8_tail(raw: bytes, size: int) -> str:
+    tail = raw[-size:]
+    # Skip the continuation bytes (10xxxxxx) of a character cut in two at the start.
+    start = 0
+    while start < len(tail) and tail[start] & 0xC0 == 0x80:
+        start += 1
+    return tail[start:].decode("utf-8")
+
+
+def shorten_key(key: str, limit: int = MAX_KEY_IN_TAG_BYTES) -> str:
+    """`key` itself if its UTF-8 form fits in `limit` bytes; else its head and tail around its
+    length and SHA-256, so a run tag still names the marker unambiguously (and readably) within
+    the tag size budget. Cuts fall between characters, never inside one."""
+    raw = key.encode()
+    if len(raw) <= limit:
+        return key
+    middle = f"…[{len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]}]…"
+    tail = _utf8_tail(raw, _KEY_TAIL_BYTES)
+    return _utf8_head(raw, limit - len(middle.encode()) - len(tail.encode())) + middle + tail
+
+
+def marker_keys_tag(keys: Sequence[str]) -> str:
+    """The keys tag's value: a JSON list, non-ASCII kept as is (readable in the UI)."""
+    return json.dumps([shorten_key(k) for k in keys], ensure_ascii=False)
 
 
 def marker_keys_from_tags(tags: Mapping[str, str]) -> list[str]:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from stock_assets.iam import Policy, marker_bucket_policies, public_grader_bucket_policies
 from stock_assets.local.seed import (
     FILTER_NAME,
     ensure_layout,
@@ -43,7 +44,12 @@ GRADER_CSV_HEADER = (
 PUBLIC_POLICY_WARNING = (
     "WARNING: --public-grader-policy makes the source bucket readable by ANYONE on the internet "
     "and lets ANYONE write to the monitored bucket (and so start pipeline runs). The course's "
-    "graders need it; remove it (`aws s3api delete-bucket-policy`) once grading is done."
+    "graders need it; remove it (`aws s3api delete-bucket-policy`) once grading is done. "
+    "--marker-policy gives graders what they need to trigger runs and nothing more."
+)
+MARKER_POLICY_NOTE = (
+    "note: --marker-policy lets anyone put objects ending in .SUCCESS into the monitored bucket "
+    "(and so start pipeline runs); nothing else is public."
 )
 
 
@@ -62,6 +68,8 @@ class ProvisionConfig:
     region: str = DEFAULT_REGION
     emails: Sequence[str] = ()
     public_grader_policy: bool = False
+    # Least privilege: anyone may put `*.SUCCESS` into the monitored bucket, nothing else.
+    marker_policy: bool = False
     static_ip: str = ""
     filter_file: Path | None = None
     upload_stocks: bool = False
@@ -80,37 +88,6 @@ class Step:
 class ProvisionResult:
     outcomes: list[tuple[str, str]] = field(default_factory=list)
     topic_arn: str | None = None
-
-
-def grader_bucket_policies(naming: Naming) -> dict[str, dict[str, Any]]:
-    """What the graders do: read the source bucket (output, scripts), drop markers in the
-    monitored one. Anonymous principals, so both are public."""
-
-    def statement(sid: str, actions: list[str], resources: list[str]) -> dict[str, Any]:
-        return {"Sid": sid, "Effect": "Allow", "Principal": "*", "Action": actions,
-                "Resource": resources}  # fmt: skip
-
-    source, monitored = naming.source_bucket, naming.monitored_bucket
-    return {
-        source: {
-            "Version": "2012-10-17",
-            "Statement": [
-                statement("GraderList", ["s3:ListBucket"], [f"arn:aws:s3:::{source}"]),
-                statement("GraderRead", ["s3:GetObject"], [f"arn:aws:s3:::{source}/*"]),
-            ],
-        },
-        monitored: {
-            "Version": "2012-10-17",
-            "Statement": [
-                statement("GraderList", ["s3:ListBucket"], [f"arn:aws:s3:::{monitored}"]),
-                statement(
-                    "GraderDropMarker",
-                    ["s3:GetObject", "s3:PutObject"],
-                    [f"arn:aws:s3:::{monitored}/*"],
-                ),  # fmt: skip
-            ],
-        },
-    }
 
 
 def grader_csv(naming: Naming, topic: str, static_ip: str) -> str:
@@ -152,11 +129,21 @@ def _layout_step(s3: Any, config: ProvisionConfig) -> Step:
 
 
 def _policy_steps(s3: Any, config: ProvisionConfig) -> list[Step]:
+    if config.public_grader_policy and config.marker_policy:
+        raise ValueError("choose one grader policy: --public-grader-policy or --marker-policy")
+    policies: dict[str, Policy]
+    if config.public_grader_policy:
+        policies, label = public_grader_bucket_policies(config.naming), "PUBLIC grader"
+    elif config.marker_policy:
+        policies, label = marker_bucket_policies(config.naming), "marker-only grader"
+    else:
+        return []
     steps = []
-    for bucket, policy in grader_bucket_policies(config.naming).items():
+    for bucket, policy in policies.items():
 
-        def run(bucket: str = bucket, policy: dict[str, Any] = policy) -> str:
-            # New buckets block public policies by default; the grader policy needs that lifted.
+        def run(bucket: str = bucket, policy: Policy = policy, label: str = label) -> str:
+            # New buckets block public policies by default, and both grader policies grant
+            # anonymous principals something: lift only the policy blocks, never the ACL ones.
             s3.put_public_access_block(
                 Bucket=bucket,
                 PublicAccessBlockConfiguration={
@@ -165,9 +152,9 @@ def _policy_steps(s3: Any, config: ProvisionConfig) -> list[Step]:
                 },
             )  # fmt: skip
             s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
-            return "public grader policy set"
+            return f"{label} policy set"
 
-        steps.append(Step(f"PUBLIC grader bucket policy on s3://{bucket}", run))
+        steps.append(Step(f"{label} bucket policy on s3://{bucket}", run))
     return steps
 
 
@@ -247,8 +234,7 @@ def plan(
     """The steps in order. Clients may be None for a dry run: nothing is called until run()."""
     result = result or ProvisionResult()
     steps = [_layout_step(s3, config)]
-    if config.public_grader_policy:
-        steps += _policy_steps(s3, config)
+    steps += _policy_steps(s3, config)
     steps += _topic_steps(sns, config, result)
     steps += _upload_steps(s3, config)
     steps.append(_table_step(config))
@@ -285,6 +271,7 @@ def config_from_args(args: Any) -> ProvisionConfig:
         region=aws_region(),
         emails=emails,
         public_grader_policy=args.public_grader_policy,
+        marker_policy=getattr(args, "marker_policy", False),
         static_ip=args.static_ip or os.environ.get(STATIC_IP_ENV, ""),
         filter_file=args.filter_file,
         upload_stocks=args.upload_stocks,
@@ -297,6 +284,8 @@ def cli_provision(args: Any) -> int:
     target = os.environ.get("AWS_ENDPOINT_URL") or f"AWS ({config.region})"
     if config.public_grader_policy:
         print(PUBLIC_POLICY_WARNING, file=sys.stderr)
+    if config.marker_policy:
+        print(MARKER_POLICY_NOTE, file=sys.stderr)
     print(f"{'plan for' if args.dry_run else 'provisioning'} {target}:")
     result = provision(config, dry_run=args.dry_run)
     topic = result.topic_arn or config.naming.sns_topic

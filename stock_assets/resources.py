@@ -10,15 +10,21 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.loaders
+import botocore.parsers
+import botocore.session
+import botocore.utils
 import psycopg2
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
+from dateutil.tz import tzutc
 from pydantic import Field
 
 from stock_assets.notifications import NotificationError, call_with_retry, sanitise_subject
@@ -48,7 +54,9 @@ class StockS3Resource(S3Resource):
     max_pool_connections: int = Field(default=32)
 
     def get_client(self) -> Any:
-        session = boto3.session.Session(profile_name=self.profile_name)
+        session = boto3.session.Session(
+            botocore_session=_botocore_session(), profile_name=self.profile_name
+        )
         return session.client(
             "s3",
             region_name=self.region_name,
@@ -66,6 +74,35 @@ class StockS3Resource(S3Resource):
                 max_pool_connections=self.max_pool_connections,
             ),
         )
+
+
+# botocore's service models (S3's alone is megabytes of JSON) are parsed once per loader, and a
+# new session gets a new loader: 0.1–0.4 s per client, four clients per run. Sessions stay new
+# (credentials and settings resolved as before); only the read-only model loader is shared.
+_MODEL_LOADER = botocore.loaders.create_loader()
+
+
+def _parse_timestamp(value: Any) -> datetime:
+    """botocore's timestamp parser, minus dateutil's generic parsing for S3's ISO 8601 UTC
+    (`2026-11-22T03:54:26.000Z`): a listing of 7,000 keys spends ~0.4 s in dateutil otherwise.
+    Same result (an aware UTC datetime with dateutil's tzutc); anything else goes to botocore."""
+    if isinstance(value, str) and value.endswith("Z") and "T" in value:
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=tzutc())
+        except ValueError:
+            pass
+    return botocore.utils.parse_timestamp(value)
+
+
+_RESPONSE_PARSERS = botocore.parsers.ResponseParserFactory()
+_RESPONSE_PARSERS.set_parser_defaults(timestamp_parser=_parse_timestamp)
+
+
+def _botocore_session() -> botocore.session.Session:
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _MODEL_LOADER)
+    session.register_component("response_parser_factory", _RESPONSE_PARSERS)
+    return session
 
 
 def psycopg2_dsn(url: str) -> str:

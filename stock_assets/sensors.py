@@ -43,6 +43,7 @@ from stock_assets.notifications import (
     MARKER_BUCKET_TAG,
     MARKER_COUNT_TAG,
     MARKER_KEYS_TAG,
+    MAX_TAG_VALUE_BYTES,
     NOTIFICATION_ID_TAG,
     NOTIFICATION_TAG,
     TRIGGER_MARKER,
@@ -54,16 +55,18 @@ from stock_assets.notifications import (
     StepError,
     build_body,
     describe_trigger,
+    marker_keys_tag,
     run_url,
     sensor_interval_seconds,
+    shorten_key,
     ui_base_url,
 )
 from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.settings import TABLE_NAME
 
 MARKER_SUFFIX = ".SUCCESS"
-# Markers found in one tick share a run, up to this many per run, so the tag listing them stays
-# a readable size.
+# Markers found in one tick share a run, up to this many per run and as many as fit in one tag
+# (MAX_TAG_VALUE_BYTES), so the tag listing them stays readable and storable.
 MAX_MARKERS_PER_RUN = 100
 CURSOR_VERSION = 1
 
@@ -127,10 +130,29 @@ def next_seen(markers: Sequence[Marker]) -> dict[str, str]:
     return {m.key: m.version for m in markers}
 
 
+def marker_chunks(markers: Sequence[Marker]) -> list[list[Marker]]:
+    """The markers, in order, cut into runs: each run's keys tag within MAX_TAG_VALUE_BYTES and
+    at most MAX_MARKERS_PER_RUN keys. Every marker is in exactly one chunk."""
+    chunks: list[list[Marker]] = []
+    chunk: list[Marker] = []
+    size = 2  # "[]"
+    for marker in markers:
+        # Each element costs its JSON form, plus ", " after the first.
+        cost = len(marker_keys_tag([marker.key]).encode()) - 2 + (2 if chunk else 0)
+        if chunk and (len(chunk) == MAX_MARKERS_PER_RUN or size + cost > MAX_TAG_VALUE_BYTES):
+            chunks.append(chunk)
+            chunk, size = [], 2
+            cost -= 2
+        chunk.append(marker)
+        size += cost
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
 def marker_run_requests(bucket: str, markers: Sequence[Marker]) -> list[RunRequest]:
     requests = []
-    for start in range(0, len(markers), MAX_MARKERS_PER_RUN):
-        chunk = markers[start : start + MAX_MARKERS_PER_RUN]
+    for chunk in marker_chunks(markers):
         identity = "\n".join(f"{m.key}\t{m.version}" for m in chunk)
         requests.append(
             RunRequest(
@@ -140,7 +162,8 @@ def marker_run_requests(bucket: str, markers: Sequence[Marker]) -> list[RunReque
                 tags={
                     TRIGGER_TAG: TRIGGER_MARKER,
                     MARKER_BUCKET_TAG: bucket,
-                    MARKER_KEYS_TAG: json.dumps([m.key for m in chunk]),
+                    # Keys over MAX_KEY_IN_TAG_BYTES appear shortened, with their hash.
+                    MARKER_KEYS_TAG: marker_keys_tag([m.key for m in chunk]),
                     MARKER_COUNT_TAG: str(len(chunk)),
                 },
             )
@@ -178,7 +201,8 @@ def success_marker_sensor(
             cursor=cursor,
         )
     context.log.info(
-        f"{len(fresh)} new marker(s) in s3://{bucket}: " + ", ".join(m.key for m in fresh[:20])
+        f"{len(fresh)} new marker(s) in s3://{bucket}: "
+        + ", ".join(shorten_key(m.key) for m in fresh[:20])
     )
     return SensorResult(run_requests=marker_run_requests(bucket, fresh), cursor=cursor)
 

@@ -25,6 +25,7 @@ class HttpFault:
     method: str | None = None
     path_contains: str | None = None
     status: int | None = None  # answer with this status instead of forwarding
+    body: bytes | None = None  # the error document to answer with (default: S3's XML shape)
     delay: float = 0.0  # wait this long before answering
     drop: bool = False  # close the connection without an answer
     times: int | None = None  # None: every matching request
@@ -65,7 +66,7 @@ class FaultyHttpProxy:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if fault and fault.status:
-                    payload = (
+                    payload = fault.body or (
                         b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
                     )
                     self.send_response(fault.status)

@@ -2,9 +2,10 @@
 
 Airflow runs from its own virtualenv (airflow_env.py: built once, ~35 s, then cached), with only
 airflow/requirements.txt installed. Dagster is a real webserver + daemon with the PostgreSQL-backed
-dagster.yaml on the local stack (moto + embedded PostgreSQL). The DAG runs with
-`airflow dags test` (in-process, the whole DAG run), and once through `airflow standalone`, the
-command of docker-compose.yaml's `airflow` service, triggered over Airflow's REST API.
+dagster.yaml on the local stack (moto + embedded PostgreSQL), including the SNS sensors, whose
+emails moto keeps. The DAG runs with `airflow dags test` (in-process, the whole DAG run), and once
+through `airflow standalone`, the command of docker-compose.yaml's `airflow` service, triggered
+over Airflow's REST API.
 """
 
 from __future__ import annotations
@@ -103,25 +104,21 @@ def deployment(
         deployment.stop()
 
 
-def has_sensor(deployment: DagsterDeployment, name: str) -> bool:
-    """Whether the code location defines `name` (the SNS sensors come with issue 4)."""
+def wait_for_first_tick(deployment: DagsterDeployment, name: str) -> None:
+    """Run-status sensors only start their cursor on their first tick: a run that ends before
+    it would never be notified. Wait for that tick (the deployment is fresh for this module)."""
     selector = {
         "repositoryLocationName": "stock_assets",
         "repositoryName": "__repository__",
         "sensorName": name,
     }
-    result = deployment.graphql(SENSOR, {"selector": selector})["sensorOrError"]
-    if result["__typename"] != "Sensor":
-        return False
-    # Run-status sensors only start their cursor on the first tick: wait for it, so a run that
-    # ends right after launch is still seen.
-    wait_until(
-        lambda: deployment.graphql(SENSOR, {"selector": selector})["sensorOrError"]["sensorState"][
-            "ticks"
-        ],
-        f"a first tick of {name}",
-    )
-    return True
+
+    def ticks() -> list[dict[str, Any]]:
+        result = deployment.graphql(SENSOR, {"selector": selector})["sensorOrError"]
+        assert result["__typename"] == "Sensor", result
+        return result["sensorState"]["ticks"]
+
+    wait_until(ticks, f"a first tick of {name}")
 
 
 @pytest.fixture
@@ -167,7 +164,7 @@ def notifications(stack: LocalStack, subject: str, run_id: str) -> list[Any]:
 def test_dag_runs_the_dagster_job_and_waits_for_it(
     airflow_venv: Path, airflow_home: Path, deployment: DagsterDeployment, ready_stack, db
 ) -> None:
-    notify = has_sensor(deployment, "sns_on_pipeline_success")
+    wait_for_first_tick(deployment, "sns_on_pipeline_success")
     # Configured the usual way: an Airflow HTTP connection (here from the environment, as
     # AIRFLOW_CONN_*), with a separate URL for people; the Variable sets the poll interval.
     connection = {
@@ -205,17 +202,18 @@ def test_dag_runs_the_dagster_job_and_waits_for_it(
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(TABLE_NAME)))
         assert cur.fetchone()[0] == len(csv_rows) > 0
 
-    if notify:
-        [message] = wait_until(
-            lambda: notifications(ready_stack, SUCCESS_SUBJECT, run_id), "the success email"
-        )
-        assert "Airflow" in message.message
+    # The success email went out (once), saying the run came from Airflow, and which run.
+    [message] = wait_until(
+        lambda: notifications(ready_stack, SUCCESS_SUBJECT, run_id), "the success email"
+    )
+    assert "Airflow" in message.message
+    assert tags["airflow/run_id"] in message.message
 
 
 def test_failed_dagster_run_fails_the_airflow_task(
     airflow_venv: Path, airflow_home: Path, deployment: DagsterDeployment, ready_stack
 ) -> None:
-    notify = has_sensor(deployment, "sns_on_pipeline_failure")
+    wait_for_first_tick(deployment, "sns_on_pipeline_failure")
     boto3.client("s3").delete_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY)
     # No connection this time: the env fallback for the URL, the Variable for the rest.
     result = dags_test(
@@ -240,8 +238,7 @@ def test_failed_dagster_run_fails_the_airflow_task(
     assert failure, output[-6000:]
     assert "step top_companies" in failure.group(1)
     assert "top_companies.txt" in failure.group(1)
-    if notify:
-        wait_until(lambda: notifications(ready_stack, FAILURE_SUBJECT, run_id), "failure email")
+    wait_until(lambda: notifications(ready_stack, FAILURE_SUBJECT, run_id), "the failure email")
 
 
 def test_wrong_job_name_fails_without_a_run(
@@ -302,6 +299,8 @@ def _compose_airflow_env(deployment: DagsterDeployment, api_port: int) -> dict[s
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(api_port),
+            # Task workers report to the API server; its default URL assumes port 8080.
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
             # Fixed 8793/8794 on all interfaces by default: free ports here instead.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
@@ -388,6 +387,8 @@ def test_compose_airflow_service_adopts_a_run_instead_of_launching_twice(
         )
 
         def adopted() -> bool:
+            run = _api(base, f"/api/v2/dags/{DAG_ID}/dagRuns/{airflow_run_id}", token)
+            assert run["state"] != "failed", (tmp_path / "standalone.log").read_text()[-5000:]
             return any(
                 "from an earlier try is still going" in p.read_text(errors="replace")
                 for p in task_log.glob("attempt=*.log")

@@ -5,29 +5,47 @@ A `.SUCCESS` upload starts a run, the table is loaded and SNS gets exactly one s
 failing run (filter file removed) sends exactly one failure message with the step's error; a
 second marker gets its own run; no marker is ever run twice, across a daemon restart too.
 
+Issue 7's event faults, on the same deployment: SNS down while a run ends (the run still
+succeeds, the lost email is visible on the run and the sensor tick, later runs are notified);
+50 markers in one second followed by a storm over several ticks, hostile keys among them (every
+marker in exactly one run, one run per tick unless the tag budget splits it, no duplicate rows).
+
 One deployment serves the whole module (starting one costs tens of seconds); the tests run in file
 order and each waits for what it needs rather than sleeping fixed times.
 """
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import boto3
 import psycopg2
 import pytest
-from dagster import RunsFilter
+from botocore.config import Config
+from dagster import DagsterEventType, RunsFilter
 from psycopg2 import sql
 
 from stock_assets.local.seed import seed_source_bucket
 from stock_assets.local.sns_inbox import SentMessage, sent_messages
 from stock_assets.local.stack import LocalStack, free_port
-from stock_assets.notifications import MARKER_KEYS_TAG, NOTIFICATION_TAG
+from stock_assets.notifications import (
+    MARKER_KEYS_TAG,
+    MAX_TAG_VALUE_BYTES,
+    NOTIFICATION_TAG,
+    marker_keys_tag,
+    shorten_key,
+)
 from stock_assets.provision import drop_marker
+from stock_assets.resources import SNSResource
+from stock_assets.sensors import Marker, marker_chunks
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, TABLE_NAME, Naming
 from stock_assets_tests.conftest import SAMPLE_FILTER, TESTS_DATA, sample_files, table_rows
 from stock_assets_tests.deployment import DagsterDeployment
+from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
+from stock_assets_tests.test_sensors import HOSTILE_KEYS
 
 T = TypeVar("T")
 INTERVAL_SECONDS = 5  # the daemon's own loop runs every 5 s, so shorter would not help
@@ -40,10 +58,20 @@ TICKS = """
 query($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
-    ... on Sensor { sensorState { status ticks(limit: 10) { status timestamp error { message } } } }
+    ... on Sensor { sensorState { status ticks(limit: 50) {
+      status timestamp runIds error { message }
+    } } }
   }
 }
 """
+# What SNS itself answers when it is unavailable (the query protocol's error document).
+SNS_UNAVAILABLE = (
+    b'<ErrorResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/"><Error><Type>Receiver</Type>'
+    b"<Code>ServiceUnavailable</Code><Message>injected outage</Message></Error>"
+    b"<RequestId>fault-injection</RequestId></ErrorResponse>"
+)
+BURST_KEYS = [f"storm/burst/{i:02d}.SUCCESS" for i in range(50)]
+STORM_TICKS = 3  # ticks that must have started runs before the storm stops
 
 
 def wait_until(predicate: Callable[[], T], what: str, timeout: float = 240) -> T:
@@ -90,7 +118,8 @@ def marker_runs(deployment: DagsterDeployment, key: str) -> list:
     runs = instance(deployment).get_runs(
         filters=RunsFilter(tags={"dagster/sensor_name": "success_marker_sensor"})
     )
-    return [r for r in runs if key in json.loads(r.tags.get(MARKER_KEYS_TAG, "[]"))]
+    # Tags hold long keys shortened (with a hash of the whole key).
+    return [r for r in runs if shorten_key(key) in json.loads(r.tags.get(MARKER_KEYS_TAG, "[]"))]
 
 
 def messages(stack: LocalStack) -> list[SentMessage]:
@@ -118,7 +147,19 @@ def trigger_and_wait(deployment: DagsterDeployment, key: str) -> tuple[str, str,
 
 
 @pytest.fixture(scope="module")
-def deployment(local_stack: LocalStack, tmp_path_factory) -> Iterator[DagsterDeployment]:
+def sns_proxy(local_stack: LocalStack) -> Iterator[FaultyHttpProxy]:
+    """SNS, and only SNS, reaches moto through this proxy (boto3's per-service endpoint variable
+    AWS_ENDPOINT_URL_SNS), so a test can take SNS down under the running daemon and bring it back;
+    S3 stays direct."""
+    proxy = FaultyHttpProxy(local_stack.moto.endpoint_url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    local_stack: LocalStack, sns_proxy: FaultyHttpProxy, tmp_path_factory
+) -> Iterator[DagsterDeployment]:
     # Module scope: the per-test fixtures (clean_stack, seeded_stack) cannot be used here, so this
     # does the same reset and seeding once.
     local_stack.moto.reset()
@@ -140,6 +181,7 @@ def deployment(local_stack: LocalStack, tmp_path_factory) -> Iterator[DagsterDep
         env_overrides={
             "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS": str(INTERVAL_SECONDS),
             "STOCK_ASSETS_UI_URL": f"http://127.0.0.1:{port}",
+            "AWS_ENDPOINT_URL_SNS": sns_proxy.url,
         },
     )
     try:
@@ -212,3 +254,195 @@ def test_no_marker_is_run_twice_across_a_daemon_restart(deployment, first_run, s
     # Two full ticks after the restart: the first could still be deciding.
     wait_for_ticks(deployment, "success_marker_sensor", after=restarted, count=2)
     assert {key: len(marker_runs(deployment, key)) for key in markers} == before
+
+
+# --- issue 7: event faults on the same deployment ------------------------------------------------
+
+
+def daemon_alive(deployment: DagsterDeployment) -> bool:
+    return deployment.processes["daemon"].poll() is None
+
+
+def test_sns_outage_leaves_the_run_successful_and_the_lost_email_visible(
+    deployment, sns_proxy, local_stack
+):
+    before = len(messages(local_stack))
+    # Every SNS call answers 503 while the run ends (the topic lookup and the publish alike).
+    outage = HttpFault(method="POST", status=503, body=SNS_UNAVAILABLE)
+    sns_proxy.faults.append(outage)
+    try:
+        run_id, status, _ = trigger_and_wait(deployment, "incoming/sns-outage/.SUCCESS")
+        wait_until(
+            lambda: instance(deployment).get_run_by_id(run_id).tags.get(NOTIFICATION_TAG),
+            "the outcome of the notification",
+        )
+    finally:
+        sns_proxy.faults.remove(outage)
+
+    assert status == "SUCCESS"  # the outage does not touch the run's own outcome
+    # Retried with backoff, a bounded number of times, then given up.
+    assert outage.hits == SNSResource(topic=NAMING.sns_topic).max_attempts == 3
+    assert instance(deployment).get_run_by_id(run_id).tags[NOTIFICATION_TAG] == "failed"
+    # Visible on the run (an error event in its log) ...
+    records = (
+        instance(deployment)
+        .get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT)
+        .records
+    )
+    [lost] = [
+        r.event_log_entry.message for r in records if "was NOT sent" in r.event_log_entry.message
+    ]
+    assert "failed after 3 attempt(s)" in lost and "ServiceUnavailable" in lost
+    # ... and on the sensor, whose tick failed with the error (the daemon itself did not).
+    wait_until(
+        lambda: [
+            t for t in ticks(deployment, "sns_on_pipeline_success")
+            if t["status"] == "FAILURE"
+            and "failed after 3 attempt(s)" in (t["error"] or {}).get("message", "")
+        ],
+        "the failed tick of sns_on_pipeline_success",
+    )  # fmt: skip
+    assert not [m for m in messages(local_stack)[before:] if run_id in m.message]
+    assert daemon_alive(deployment)
+
+
+def ticks_with_runs(deployment: DagsterDeployment, after: float) -> list[dict[str, Any]]:
+    return [
+        t for t in ticks(deployment, "success_marker_sensor")
+        if t["timestamp"] > after and t["runIds"]
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def storm(deployment: DagsterDeployment) -> dict[str, Any]:
+    """50 markers put at once, then one every 0.25 s (hostile keys first) until STORM_TICKS ticks
+    have started runs; returns the keys, the runs and the ticks once every run has ended."""
+    client = boto3.client("s3", config=Config(max_pool_connections=50))
+    bucket = NAMING.monitored_bucket
+    started = time.time()
+    with ThreadPoolExecutor(50) as pool:
+        list(pool.map(lambda key: drop_marker(client, bucket, key), BURST_KEYS))
+    burst_seconds = time.time() - started
+    stream: list[str] = []
+    deadline = time.monotonic() + 240
+    while len(ticks_with_runs(deployment, started)) < STORM_TICKS:
+        assert time.monotonic() < deadline, "the storm's ticks never came"
+        for _ in range(4):  # poll the ticks about once a second
+            n = len(stream)
+            key = HOSTILE_KEYS[n] if n < len(HOSTILE_KEYS) else f"storm/stream/{n:04d}.SUCCESS"
+            drop_marker(client, bucket, key)
+            stream.append(key)
+            time.sleep(0.25)
+    # One tick that starts after the last put has seen every marker.
+    wait_for_ticks(deployment, "success_marker_sensor", after=time.time())
+    keys = BURST_KEYS + stream
+    expected = sorted(shorten_key(k) for k in keys)
+
+    def storm_runs() -> list:
+        runs = instance(deployment).get_runs(
+            filters=RunsFilter(tags={"dagster/sensor_name": "success_marker_sensor"})
+        )
+        return [r for r in runs if set(json.loads(r.tags[MARKER_KEYS_TAG])) & set(expected)]
+
+    wait_until(
+        lambda: (
+            len([k for r in storm_runs() for k in json.loads(r.tags[MARKER_KEYS_TAG])])
+            >= len(expected)
+        ),
+        "runs for every marker of the storm",
+    )
+    runs = storm_runs()
+    # The ticks that started them (found by run id: a tick already under way when the burst
+    # began may have listed part of it), read now, while they are among the latest.
+    ids = {r.run_id for r in runs}
+    storm_ticks = [t for t in ticks(deployment, "success_marker_sensor") if ids & set(t["runIds"])]
+    statuses = {r.run_id: deployment.wait_for_run(r.run_id, timeout=600) for r in runs}
+    print(
+        f"storm: {len(BURST_KEYS)} markers put in {burst_seconds:.2f}s, then {len(stream)} more; "
+        f"{len(runs)} runs from {len(storm_ticks)} ticks: "
+        + ", ".join(str(len(t["runIds"])) for t in storm_ticks)
+    )
+    return {
+        "keys": keys,
+        "expected": expected,
+        "runs": runs,
+        "statuses": statuses,
+        "ticks": storm_ticks,
+    }
+
+
+def test_a_marker_storm_runs_every_marker_exactly_once(deployment, storm, s3_client, db):
+    runs, keys = storm["runs"], storm["keys"]
+    listed = sorted(k for r in runs for k in json.loads(r.tags[MARKER_KEYS_TAG]))
+    assert listed == storm["expected"]  # every marker in exactly one run, nothing else
+    assert len(set(keys)) == len(keys)  # distinct markers, so "exactly once" is per marker
+    assert set(storm["statuses"].values()) == {"SUCCESS"}
+
+    # Coalesced: one run per tick, more only where the keys would not fit in one tag.
+    by_id = {r.run_id: r for r in runs}
+    assert sorted(i for t in storm["ticks"] for i in t["runIds"]) == sorted(by_id)
+    assert len(storm["ticks"]) >= STORM_TICKS
+    for tick in storm["ticks"]:
+        tick_keys = [k for i in tick["runIds"] for k in json.loads(by_id[i].tags[MARKER_KEYS_TAG])]
+        assert len(tick["runIds"]) == len(marker_chunks([Marker(k, "", "") for k in tick_keys]))
+    assert len(runs) < len(keys)
+    assert all(len(r.tags[MARKER_KEYS_TAG].encode()) <= MAX_TAG_VALUE_BYTES for r in runs)
+
+    # No duplicate rows: the table is exactly the last CSV, once.
+    rows = table_rows(db)
+    head = s3_client.head_object(Bucket=NAMING.source_bucket, Key=OUTPUT_KEY)
+    assert len(rows) == len(set(rows)) == int(head["Metadata"]["row-count"])
+    assert len({(r[8], r[0]) for r in rows}) == len(rows)  # (company_name, stock_date) unique
+    # The sensor never failed and the daemon is still up.
+    failed = [t for t in ticks(deployment, "success_marker_sensor") if t["status"] == "FAILURE"]
+    assert failed == [] and daemon_alive(deployment)
+
+
+def test_hostile_marker_keys_each_run_once_and_are_recorded(storm):
+    recorded = [k for r in storm["runs"] for k in json.loads(r.tags[MARKER_KEYS_TAG])]
+    for key in HOSTILE_KEYS:
+        assert recorded.count(shorten_key(key)) == 1, key
+    # Short ones verbatim (spaces, unicode, URL-special characters); S3's longest key shortened
+    # with its length and hash.
+    assert "ünïcødé/データ/🚀.SUCCESS" in recorded and "a+b&c=d%20e/<x>.SUCCESS" in recorded
+    longest = shorten_key(HOSTILE_KEYS[3])
+    assert longest != HOSTILE_KEYS[3] and "[1024 bytes, sha256 " in longest
+
+
+def test_after_the_outage_every_run_gets_exactly_one_email(deployment, storm, local_stack):
+    for run in storm["runs"]:
+        wait_until(
+            lambda run=run: (
+                instance(deployment).get_run_by_id(run.run_id).tags.get(NOTIFICATION_TAG)
+            ),
+            f"the notification of run {run.run_id}",
+        )
+    wait_for_ticks(deployment, "sns_on_pipeline_success", after=time.time())
+    sent = messages(local_stack)
+    for run in storm["runs"]:
+        assert instance(deployment).get_run_by_id(run.run_id).tags[NOTIFICATION_TAG] == "sent"
+        mine = [m for m in sent if f"Run id:     {run.run_id}" in m.message]
+        assert [m.subject for m in mine] == [SUCCESS_SUBJECT]
+    # The emails name the markers, unicode included.
+    assert any("/ünïcødé/データ/🚀.SUCCESS" in m.message for m in sent)
+    assert daemon_alive(deployment)
+
+
+def test_the_tag_budget_fits_the_instance_run_storage(deployment, first_run):
+    """Why tags are budgeted: the run storage (PostgreSQL) indexes run tags with a btree that
+    refuses entries over 2,704 bytes, so a longer marker-keys tag would make the run impossible
+    to create. A full, incompressible tag within the budget is stored."""
+    random_keys = [f"{secrets.token_hex(40)}.SUCCESS" for _ in range(40)]
+    fullest = marker_keys_tag(
+        [m.key for m in marker_chunks([Marker(k, "", "") for k in random_keys])[0]]
+    )
+    assert MAX_TAG_VALUE_BYTES - 100 < len(fullest.encode()) <= MAX_TAG_VALUE_BYTES
+    run_id = first_run["run_id"]
+    instance(deployment).add_run_tags(run_id, {"stock_assets/test_tag_budget": fullest})
+    assert (
+        instance(deployment).get_run_by_id(run_id).tags["stock_assets/test_tag_budget"] == fullest
+    )
+    with pytest.raises(Exception, match="index row size"):
+        instance(deployment).add_run_tags(
+            run_id, {"stock_assets/test_tag_budget_exceeded": secrets.token_hex(1400)}
+        )

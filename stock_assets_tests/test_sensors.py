@@ -8,7 +8,14 @@ import pytest
 from dagster import SensorResult, SkipReason, build_sensor_context
 from dagster_aws.s3 import S3Resource
 
-from stock_assets.notifications import MARKER_BUCKET_TAG, MARKER_KEYS_TAG, TRIGGER_TAG
+from stock_assets.notifications import (
+    MARKER_BUCKET_TAG,
+    MARKER_KEYS_TAG,
+    MAX_KEY_IN_TAG_BYTES,
+    MAX_TAG_VALUE_BYTES,
+    TRIGGER_TAG,
+    shorten_key,
+)
 from stock_assets.resources import PipelineSettings
 from stock_assets.sensors import (
     MAX_MARKERS_PER_RUN,
@@ -147,6 +154,48 @@ def test_many_markers_are_split_into_bounded_runs():
     assert [r.run_key for r in marker_run_requests("bucket", markers)] == [
         r.run_key for r in requests
     ]
+
+
+HOSTILE_KEYS = [
+    "with spaces/and  two  spaces .SUCCESS",
+    "ünïcødé/データ/🚀.SUCCESS",
+    "a+b&c=d%20e/<x>.SUCCESS",
+    "long/" + "x" * (1024 - len("long/.SUCCESS")) + ".SUCCESS",  # S3's longest key
+    "long-unicode/" + "データ" * 110 + ".SUCCESS",
+    "control\x01chars\t/.SUCCESS",
+]
+
+
+def test_long_keys_are_shortened_with_a_hash_and_short_ones_kept():
+    for key in HOSTILE_KEYS:
+        short = shorten_key(key)
+        assert len(short.encode()) <= MAX_KEY_IN_TAG_BYTES
+        if len(key.encode()) <= MAX_KEY_IN_TAG_BYTES:
+            assert short == key
+        else:
+            # Readable head and tail (cut between characters), the length and a hash of it all.
+            assert short.endswith(".SUCCESS") and short[:5] == key[:5]
+            assert f"[{len(key.encode())} bytes, sha256 " in short
+    long_a, long_b = HOSTILE_KEYS[3], HOSTILE_KEYS[3][:-9] + "y.SUCCESS"
+    assert shorten_key(long_a) != shorten_key(long_b)  # same head and tail, different hash
+
+
+def test_every_keys_tag_fits_the_tag_budget_and_lists_each_marker_once():
+    # Hundreds of markers, long and unicode keys among them, found in one tick.
+    keys = [f"{i:04d}/{k}" for i in range(40) for k in HOSTILE_KEYS] + [
+        f"short/{i}.SUCCESS" for i in range(150)
+    ]
+    markers = [Marker(key, "e", "t") for key in keys]
+    requests = marker_run_requests("bucket", markers)
+    listed = [k for r in requests for k in json.loads(r.tags[MARKER_KEYS_TAG])]
+    assert listed == [shorten_key(k) for k in keys]  # each exactly once, in order
+    for request in requests:
+        assert len(request.tags[MARKER_KEYS_TAG].encode()) <= MAX_TAG_VALUE_BYTES
+        assert len(json.loads(request.tags[MARKER_KEYS_TAG])) <= MAX_MARKERS_PER_RUN
+    assert "データ" in requests[0].tags[MARKER_KEYS_TAG]  # stored readable, not \\u-escaped
+    # Worst case: a key of control characters, each escaped to six bytes in JSON, still fits.
+    [alone] = marker_run_requests("bucket", [Marker("\x01" * 1020 + ".SUCCESS", "e", "t")])
+    assert len(alone.tags[MARKER_KEYS_TAG].encode()) <= MAX_TAG_VALUE_BYTES
 
 
 def test_interval_comes_from_the_environment():

@@ -220,3 +220,15 @@ def test_format_floats_edge_cases_nulls_chunks_and_slices():
         None if m else e for m, e in zip(mask, expected, strict=True)
     ]
     assert format_floats(np.array([], dtype=float)).to_pylist() == []
+
+
+def test_hostile_corpus_batched_equals_the_general_path():
+    from stock_assets_tests.test_hostile_input import CORPUS
+
+    files = [(name, data) for name, (data, *_rest) in CORPUS.items()]
+    samples = [(p.name, p.read_bytes()) for p in sorted(SAMPLE_STOCKS.glob("*.csv"))]
+    # Hostile files between clean ones, so they share batches.
+    mixed = [item for pair in zip(samples * 3, files, strict=False) for item in pair]
+    expected = [_summary(_general_only(name, data)) for name, data in mixed]
+    assert [_summary(r) for r in transform_files(mixed, batch_bytes=50_000)] == expected
+    assert [_summary(transform_file(name, data)) for name, data in mixed] == expected

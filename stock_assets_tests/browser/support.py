@@ -41,16 +41,23 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip() not in ("", "0")
 
 
+# Read once, at import (collection): the `local_stack` fixture clears every STOCK_ASSETS_*
+# variable from the environment before the browser fixtures run.
+CHROMIUM_OVERRIDE = os.environ.get(CHROMIUM_ENV, "").strip()
+REQUIRE_BROWSER = _flag(REQUIRE_ENV)
+UPDATE_DOCS = _flag(UPDATE_DOCS_ENV)
+
+
 def chromium_path() -> str | None:
     """$STOCK_ASSETS_CHROMIUM, else Debian's /usr/bin/chromium, else `chromium` on PATH."""
-    configured = os.environ.get(CHROMIUM_ENV, "").strip()
+    configured = CHROMIUM_OVERRIDE
     candidates = [configured] if configured else [DEFAULT_CHROMIUM, shutil.which("chromium")]
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
 def unavailable(reason: str, module: bool = False) -> NoReturn:
     """Skip (with the reason) when the browser cannot run; fail instead where it must run."""
-    if _flag(REQUIRE_ENV):
+    if REQUIRE_BROWSER:
         pytest.fail(f"{reason} ({REQUIRE_ENV} is set, so the browser tests must run)")
     pytest.skip(reason, allow_module_level=module)
 
@@ -64,7 +71,7 @@ class Screenshots:
         self.directory = directory
         self.docs = docs
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.update_docs = _flag(UPDATE_DOCS_ENV)
+        self.update_docs = UPDATE_DOCS
 
     def save(self, page: Any, name: str, docs_name: str | None = None) -> Path:
         path = self.directory / f"{name}.png"

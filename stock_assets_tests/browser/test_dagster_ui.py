@@ -102,7 +102,11 @@ def wait_for_graph(page: Any) -> dict[str, Any]:
         "return g && g.nodes.length >= 4 && g.edges.length >= 3; }",
         timeout=UI_TIMEOUT_MS,
     )
-    return page.evaluate(GRAPH_JS)
+    graph = page.evaluate(GRAPH_JS)
+    # Each node fills in its status (latest event, checks) after the layout: wait for that too.
+    nodes = page.locator("svg[class*='svgContainer'] [class*='AssetNode_assetNodeContainer']")
+    expect(nodes.get_by_text(re.compile(r"^Loading"))).to_have_count(0, timeout=UI_TIMEOUT_MS)
+    return graph
 
 
 def table_count(db) -> int:
@@ -169,6 +173,19 @@ def metadata_value(page: Any, key: str) -> Any:
     return row.locator("td").last
 
 
+def wait_for_gantt(page: Any, steps: int) -> None:
+    """The run's timeline once every step's box is drawn in green (it fills in after the logs)."""
+    page.wait_for_function(
+        """(n) => {
+          const boxes = Array.from(document.querySelectorAll(".chart-element.box"));
+          return boxes.length === n &&
+            boxes.every((b) => (b.getAttribute("style") || "").includes("accent-green"));
+        }""",
+        arg=steps,
+        timeout=UI_TIMEOUT_MS,
+    )
+
+
 def open_run(page: Any, run_id: str, status: str) -> None:
     page.goto(f"/runs/{run_id}")
     # The header's status tag; the page follows the run live, so this also waits for the end.
@@ -224,11 +241,14 @@ def test_materialize_all_loads_the_table_and_shows_metadata_and_checks(
     page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
     run_id = page.url.rsplit("/runs/", 1)[1].split("?", 1)[0]
 
+    expect(page.get_by_text(run_id[:8]).first).to_be_visible()
     assert ui_deployment.wait_for_run(run_id, timeout=RUN_TIMEOUT_S) == "SUCCESS", (
         ui_deployment.log("daemon")[-3000:]
     )
-    expect(page.get_by_text("Success", exact=True).first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    # Open it afresh (as a returning user would; also drops the toast from the screenshot).
+    open_run(page, run_id, "Success")
     expect(page.get_by_text("Succeeded (3)")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    wait_for_gantt(page, steps=3)
     screenshots.save(page, "02-run-success", docs_name="successful-run.png")
 
     # The table is really loaded: exactly the CSV's rows.
@@ -249,6 +269,7 @@ def test_materialize_all_loads_the_table_and_shows_metadata_and_checks(
     rows_read = int(metadata_value(page, "rows_read").inner_text())
     rows_rejected = int(metadata_value(page, "rows_rejected").inner_text())
     assert rows_read == rows + rows_rejected
+    metadata_value(page, "rows_read").scroll_into_view_if_needed()
     screenshots.save(page, "02-asset-csv-metadata")
 
     # The table asset's page names the run that loaded it.
@@ -258,6 +279,7 @@ def test_materialize_all_loads_the_table_and_shows_metadata_and_checks(
     )
     expect(metadata_value(page, "source_run_id")).to_have_text(run_id)
     expect(metadata_value(page, "rows_expected_from_csv")).to_have_text(str(rows))
+    metadata_value(page, "source_run_id").scroll_into_view_if_needed()
     screenshots.save(page, "02-asset-table-metadata")
 
     # Every check's result, as recorded for this run, is what the Checks tab shows; the blocking
@@ -300,7 +322,7 @@ def test_sensors_run_and_a_success_marker_starts_a_recorded_run(
         switch = row.locator("label[class*='formatSwitch'] input[type=checkbox]")
         expect(switch).to_be_enabled()
         expect(switch).to_be_checked()
-    screenshots.save(page, "03-sensors-running", docs_name="sensors.png")
+    screenshots.save(page, "03-sensors-running")
 
     # Drop a marker, as the upstream process (or `stock-assets trigger`) does.
     marker_key = f"ui-test/{uuid.uuid4().hex[:8]}/.SUCCESS"
@@ -313,7 +335,7 @@ def test_sensors_run_and_a_success_marker_starts_a_recorded_run(
     # The runs list shows it, launched by the sensor, with the marker in its tags.
     page.goto("/runs")
     row = page.locator("[class*='RunsFeedRow_rowGrid']").filter(
-        has=page.get_by_role("link", name=run_id[:8], exact=True)
+        has=page.locator(f"a[href='/runs/{run_id}']")
     )
     expect(row).to_be_visible(timeout=UI_TIMEOUT_MS)
     expect(row).to_contain_text("stock_pipeline_job")
@@ -323,6 +345,8 @@ def test_sensors_run_and_a_success_marker_starts_a_recorded_run(
     screenshots.save(page, "03-runs-list-marker-run", docs_name="runs-list.png")
 
     open_run(page, run_id, "Success")
+    # The job also observes raw_stock_files: four steps.
+    wait_for_gantt(page, steps=4)
     screenshots.save(page, "03-marker-run")
 
 

@@ -1,0 +1,134 @@
+"""The processing code's entry: run the whole pipeline once, then exit.
+
+    python -m stock_assets.entry [--notify] [--tag KEY=VALUE ...]
+
+Runs `stock_pipeline_job` (S3 `Stocks/` + `CompanyNames/top_companies.txt` →
+`Output/historical_stock_data.csv` → PostgreSQL `historical_stocks_data`, loaded by
+`Scripts/insert_query.sql`) in this process and exits 0 if the run succeeded, 1 if it failed
+(3: it succeeded, but the email asked for with --notify could not be sent).
+`stock-assets provision` uploads this file to the source bucket's `Scripts/`, beside the SQL, where
+the course keeps its processing script.
+
+Configuration is the platform's own, from the environment: STOCK_ASSETS_FIRST_NAME / _SURNAME /
+_COHORT (or the bucket and topic overrides), STOCK_ASSETS_DATABASE_URL, and boto3's AWS_* variables.
+The run is recorded in the Dagster instance at $DAGSTER_HOME, so the UI lists it with its logs and
+asset checks; without DAGSTER_HOME it goes to a throwaway instance (a note says so).
+
+Event-driven runs (a `.SUCCESS` marker) go through the Dagster daemon instead, whose sensors send
+the SNS email. A run started here is not seen by those sensors: `--notify` sends the same email.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+ENTRY_TRIGGER = "python -m stock_assets.entry"
+
+
+def _parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--tag expects KEY=VALUE, not {pair!r}")
+        tags[key.strip()] = value
+    return tags
+
+
+def _instance() -> Any:
+    from dagster import DagsterInstance
+
+    if os.environ.get("DAGSTER_HOME"):
+        return DagsterInstance.get()
+    print(
+        "note: DAGSTER_HOME is not set, so this run is recorded in a throwaway Dagster instance "
+        "(set it to keep the run, its logs and checks for the UI)",
+        file=sys.stderr,
+    )
+    return DagsterInstance.ephemeral()
+
+
+def _summary(result: Any) -> str:
+    """The counts a person checks first, from the assets' materialisation metadata."""
+    lines = []
+    for node in ("historical_stock_data_csv", "historical_stocks_data"):
+        for event in result.asset_materializations_for_node(node):
+            meta = {k: v.value for k, v in event.metadata.items()}
+            wanted = ("files_read", "files_skipped", "rows_read", "rows_rejected", "location")
+            shown = {k: meta[k] for k in ("dagster/row_count", *wanted) if k in meta}
+            lines.append(f"  {node}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    return "\n".join(lines)
+
+
+def _notify(instance: Any, result: Any) -> bool:
+    """Email the run's outcome as the run-status sensors would; False if it could not be sent."""
+    from stock_assets.notifications import (
+        NOTIFICATION_ID_TAG,
+        NOTIFICATION_TAG,
+        NotificationError,
+        build_body,
+    )
+    from stock_assets.resources import PipelineSettings, SNSResource
+    from stock_assets.sensors import build_report
+    from stock_assets.settings import TABLE_NAME
+
+    run = instance.get_run_by_id(result.run_id)
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    report = build_report(instance, run, result.success, failures, table=TABLE_NAME)
+    subject = PipelineSettings.from_env().naming.subject("Success" if result.success else "Failure")
+    try:
+        message_id = SNSResource.from_env().publish(subject, build_body(report))
+    except NotificationError as err:
+        # Already retried with backoff: say so loudly, on the run too, and let the exit code tell.
+        instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
+        print(f"the SNS notification was NOT sent: {err}", file=sys.stderr)
+        return False
+    instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id})
+    print(f"sent {subject!r} through SNS (message {message_id})")
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=ENTRY_TRIGGER,
+        description="Run stock_pipeline_job once; exit 0 on success, 1 on failure.",
+    )
+    parser.add_argument("--notify", action="store_true", help="email the outcome through SNS")
+    parser.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", help="extra run tag"
+    )
+    args = parser.parse_args(argv)
+    tags = _parse_tags(args.tag)
+
+    from stock_assets.definitions import defs
+    from stock_assets.jobs import STOCK_PIPELINE_JOB
+    from stock_assets.notifications import TRIGGER_TAG
+    from stock_assets.sensors import step_error
+
+    tags.setdefault(TRIGGER_TAG, ENTRY_TRIGGER)  # names the trigger in the UI and the email
+    job = defs.resolve_job_def(STOCK_PIPELINE_JOB)
+    with _instance() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
+        if result.success:
+            print(f"{STOCK_PIPELINE_JOB} succeeded (run {result.run_id})\n{_summary(result)}")
+        else:
+            print(f"{STOCK_PIPELINE_JOB} FAILED (run {result.run_id})", file=sys.stderr)
+            for event in result.all_events:
+                if event.event_type_value == "STEP_FAILURE":
+                    error = step_error(event)
+                    print(
+                        f"  step {error.step_key}: {error.error_type}: {error.message}",
+                        file=sys.stderr,
+                    )
+        notified = _notify(instance, result) if args.notify else True
+    if not result.success:
+        return 1
+    return 0 if notified else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The benchmark keeps working: its quick mode runs end to end and reports what it promises.
+
+No timing assertions (they would flake on a shared machine): structure and verification only.
+"""
+
+import json
+import subprocess
+import sys
+
+from stock_assets_tests.conftest import REPO_ROOT
+
+
+def test_quick_benchmark_runs_and_writes_the_expected_report(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "quick.json").read_text())
+    markdown = (tmp_path / "quick.md").read_text()
+    assert report["summary"] in proc.stdout.splitlines()[-1]
+    assert report["summary"] in markdown
+
+    assert report["mode"] == "quick"
+    assert {"cpus", "load_average_before", "versions", "git_commit"} <= report["conditions"].keys()
+    assert report["dataset"]["real_files"] == 40
+    assert report["dataset"]["objects_under_stocks"] == 200
+
+    ours = report["ours"]["summary"]
+    assert ours["run_seconds"] > 0 and ours["rows_per_second"] > 0 and ours["peak_rss_bytes"] > 0
+    assert set(ours["per_asset_step_seconds"]) == {
+        "raw_stock_files",
+        "top_companies",
+        "historical_stock_data_csv",
+        "historical_stocks_data",
+    }
+    overhead = ours["dagster_overhead"]
+    assert overhead["process_start_seconds"] > 0
+    assert "run_minus_steps_seconds" in overhead
+    assert all(run["success"] for run in report["ours"]["runs"])
+
+    limit = report["limit"]["summary"]
+    assert limit["run_seconds"] > 0
+    assert set(limit["phases"]) == {"get_and_transform_seconds", "csv_seconds", "copy_seconds"}
+
+    course = report["course"]
+    assert "skipped" in course or (course["run_seconds"] > 0 and "extrapolated" in course)
+
+    # Ours and the independent limit proxy agree byte for byte; the table equals the CSV.
+    verification = report["verification"]
+    assert verification["ours_csv_equals_limit_csv"] == [True]
+    assert verification["ours_table_rows_equal_csv"] == [True]
+    assert verification["rows_written"] == verification["limit_rows"] > 0
+
+    assert {"ours_over_limit", "ours_over_limit_best_runs"} <= report["ratios"].keys()
+    points = report["scaling"]["points"]
+    assert [(p["files"], p["size_factor"]) for p in points] == [(10, 1), (20, 1), (40, 1), (10, 2)]
+    assert points[-1]["rows_written"] == 2 * points[0]["rows_written"]
+    assert report["scaling"]["fit"]["seconds_per_mb"] is not None
+    assert set(report["targets_met"]) == {
+        "ours_over_limit",
+        "course_over_ours",
+        "peak_rss",
+        "linear_scaling",
+    }
