@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
     result = approach(spec)
     result["approach"] = spec["approach"]
     result["process_start_seconds"] = round(result.pop("ready_at") - spec["spawned_at"], 4)
+    result["process_start_cpu_seconds"] = round(result.pop("ready_cpu_seconds"), 4)
     result.setdefault("peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     result["finished_at"] = time.time()
     print(MARKER + json.dumps(result), flush=True)

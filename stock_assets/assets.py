@@ -7,6 +7,7 @@ S3, so any of them can be (re)materialised alone from the UI.
 
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dagster import (
@@ -97,9 +98,12 @@ def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     description="Raw per-company CSVs under `Stocks/` in the source bucket. Not produced by "
     "Dagster: each observation records what is there (count, bytes, a listing fingerprint).",
 )
-def raw_stock_files(s3: S3Resource, settings: PipelineSettings) -> ObserveResult:
+def raw_stock_files(
+    context: AssetExecutionContext, s3: S3Resource, settings: PipelineSettings
+) -> ObserveResult:
     bucket = settings.naming.source_bucket
-    objects = list_objects(s3.get_client(), bucket, STOCKS_PREFIX)
+    # snapshot=run id: the run's later steps reuse this listing (one listing per run).
+    objects = list_objects(s3.get_client(), bucket, STOCKS_PREFIX, snapshot=context.run_id)
     fingerprint = listing_fingerprint(objects)
     largest = max(objects, key=lambda o: o.size, default=None)
     return ObserveResult(
@@ -144,7 +148,7 @@ def top_companies(context: AssetExecutionContext, s3: S3Resource, settings: Pipe
     except Failure as err:
         yield result(TOP_COMPANIES, "filter_file_valid", False, {"problem": err.description})
         raise
-    present = {o.name for o in list_objects(client, bucket, STOCKS_PREFIX)}
+    present = {o.name for o in list_objects(client, bucket, STOCKS_PREFIX, snapshot=context.run_id)}
     missing = [f for f in company_filter.files if f not in present]
     if missing:
         context.log.warning(f"{len(missing)} filter entries have no file under Stocks/")
@@ -310,7 +314,9 @@ def historical_stock_data_csv(
     client = s3.get_client()
     bucket = settings.naming.source_bucket
     company_filter = _load_filter(client, bucket, settings.max_files)
-    listing = {o.name: o for o in list_objects(client, bucket, STOCKS_PREFIX)}
+    listing = {
+        o.name: o for o in list_objects(client, bucket, STOCKS_PREFIX, snapshot=context.run_id)
+    }
     selected = [listing[f] for f in company_filter.files if f in listing]
     limits = _input_limits(selected, settings)
     steps["list_seconds"] = time.perf_counter() - started
@@ -361,8 +367,12 @@ def historical_stock_data_csv(
     mark = time.perf_counter()
     body = output_csv_bytes(combined.table)
     rows = combined.table.num_rows
-    fingerprint = content_fingerprint(body)
-    crc32 = quality.line_checksum(csv_lines(body))  # lazily: no 2 M line objects at once
+    # SHA-256 releases the GIL: hash on another core while the lines' CRCs are summed here
+    # (lazily: no 2 M line objects at once).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fingerprint_job = pool.submit(content_fingerprint, body)
+        crc32 = quality.line_checksum(csv_lines(body))
+        fingerprint = fingerprint_job.result()
     written = client.put_object(
         Bucket=bucket,
         Key=OUTPUT_KEY,
