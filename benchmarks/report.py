@@ -156,15 +156,15 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Scaling (ours)",
         "",
-        "| files | file size | MB read | rows | seconds | s per MB | peak RSS |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| files | file size | MB read | rows | seconds | s per MB | CPU s | peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in scaling["points"]:
         mb = p["bytes_read"] / 1e6
         lines.append(
             f"| {p['files']} | ×{p['size_factor']} | {mb:.1f} | {p['rows_written']:,} | "
             f"{_s(p['run_seconds'])} | {_s(p['run_seconds'] / mb, 3)} | "
-            f"{_gb(p['peak_rss_bytes'])} |"
+            f"{_s(p['cpu_seconds']['total'], 1)} | {_gb(p['peak_rss_bytes'])} |"
         )
     fit = scaling["fit"]
     if fit:
@@ -175,6 +175,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"{fit['max_relative_residual']:.1%}. The intercept is the fixed cost of a run "
             "(listing the bucket, step launches, table checks); the slope is the same whether "
             "the bytes come in more files or in larger ones.",
+        ]
+    cpu_fit = scaling.get("cpu_fit")
+    if cpu_fit:
+        lines += [
+            "",
+            f"In CPU seconds (steadier on a shared machine): {cpu_fit['intercept_seconds']:.2f} + "
+            f"{cpu_fit['seconds_per_mb']:.4f} × MB, r² = {cpu_fit['r2']:.4f}.",
         ]
     lines += ["", f"_{scaling['note']}._", ""]
     return "\n".join(lines)

@@ -15,9 +15,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 
@@ -25,6 +26,20 @@ from stock_assets.local.stack import LocalStack, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], what: str, timeout: float = 240) -> T:
+    """Poll until `predicate()` is truthy; the machine may be busy, so timeouts are generous."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _reset_signals() -> None:

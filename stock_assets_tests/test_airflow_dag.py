@@ -33,7 +33,7 @@ from stock_assets.local.stack import LocalStack, free_port
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, TABLE_NAME, Naming
 from stock_assets_tests.airflow_env import DAGS_FOLDER, airflow_env, ensure_airflow_venv
 from stock_assets_tests.compose import service
-from stock_assets_tests.deployment import DagsterDeployment
+from stock_assets_tests.deployment import DagsterDeployment, wait_until
 
 T = TypeVar("T")
 DAG_ID = "stock_pipeline"
@@ -51,16 +51,6 @@ query($selector: SensorSelector!) {
   }
 }
 """
-
-
-def wait_until(predicate: Callable[[], T], what: str, timeout: float = 240) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ order and each waits for what it needs rather than sleeping fixed times.
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 import psycopg2
@@ -43,11 +43,10 @@ from stock_assets.resources import SNSResource
 from stock_assets.sensors import Marker, marker_chunks
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, TABLE_NAME, Naming
 from stock_assets_tests.conftest import SAMPLE_FILTER, TESTS_DATA, sample_files, table_rows
-from stock_assets_tests.deployment import DagsterDeployment
+from stock_assets_tests.deployment import DagsterDeployment, wait_until
 from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
 from stock_assets_tests.test_sensors import HOSTILE_KEYS
 
-T = TypeVar("T")
 INTERVAL_SECONDS = 5  # the daemon's own loop runs every 5 s, so shorter would not help
 SENSORS = ("success_marker_sensor", "sns_on_pipeline_success", "sns_on_pipeline_failure")
 NAMING = Naming()
@@ -72,17 +71,6 @@ SNS_UNAVAILABLE = (
 )
 BURST_KEYS = [f"storm/burst/{i:02d}.SUCCESS" for i in range(50)]
 STORM_TICKS = 3  # ticks that must have started runs before the storm stops
-
-
-def wait_until(predicate: Callable[[], T], what: str, timeout: float = 240) -> T:
-    """Poll until `predicate()` is truthy; the machine may be busy, so timeouts are generous."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def ticks(deployment: DagsterDeployment, sensor: str) -> list[dict[str, Any]]:
