@@ -2,8 +2,8 @@
 
 - `success_marker_sensor`: a `.SUCCESS` object anywhere in the monitored bucket starts
   `stock_pipeline_job`.
-- `sns_on_pipeline_success` / `sns_on_pipeline_failure`: every finished run of the job, however it
-  was launched, ends in one email through SNS.
+- `sns_on_pipeline_success` / `sns_on_pipeline_failure`: every finished pipeline run (the job, or
+  assets materialised from the UI), however it was launched, ends in one email through SNS.
 
 The message text is built by the Dagster-free `stock_assets.notifications`; this module only reads
 S3 listings, run tags and run events.
@@ -384,11 +384,12 @@ def notify(
 @run_status_sensor(
     run_status=DagsterRunStatus.SUCCESS,
     name="sns_on_pipeline_success",
-    monitored_jobs=[stock_pipeline_job],
+    # No monitored_jobs: every run of this code location, i.e. stock_pipeline_job and the runs
+    # the UI makes when assets are materialised from the graph ("Materialize all", one asset).
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=DefaultSensorStatus.RUNNING,
     description="Emails `{First}_{Surname}_Pipeline_Success` through SNS for every successful "
-    "run of stock_pipeline_job, whatever launched it.",
+    "pipeline run (stock_pipeline_job or assets materialised from the UI), whatever launched it.",
 )
 def sns_on_pipeline_success(
     context: RunStatusSensorContext, sns: SNSResource, settings: PipelineSettings
@@ -398,11 +399,11 @@ def sns_on_pipeline_success(
 
 @run_failure_sensor(
     name="sns_on_pipeline_failure",
-    monitored_jobs=[stock_pipeline_job],
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=DefaultSensorStatus.RUNNING,
-    description="Emails `{First}_{Surname}_Pipeline_Failure` through SNS for every failed run of "
-    "stock_pipeline_job, with the failing step and its error.",
+    description="Emails `{First}_{Surname}_Pipeline_Failure` through SNS for every failed "
+    "pipeline run (stock_pipeline_job or assets materialised from the UI), with the failing step "
+    "and its error.",
 )
 def sns_on_pipeline_failure(
     context: RunFailureSensorContext, sns: SNSResource, settings: PipelineSettings

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from psycopg2 import sql
 
+from stock_assets.local.sns_inbox import SentMessage, sent_messages
 from stock_assets.local.stack import LocalStack
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, TABLE_NAME, Naming
 from stock_assets_tests.browser.support import Screenshots, unavailable
-from stock_assets_tests.deployment import DagsterDeployment
+from stock_assets_tests.deployment import DagsterDeployment, wait_until
 
 try:
     from playwright.sync_api import expect
@@ -255,6 +256,16 @@ def test_materialize_all_loads_the_table_and_shows_metadata_and_checks(
     # The table is really loaded: exactly the CSV's rows.
     rows = table_count(db)
     assert rows > 0 and rows == csv_line_count(s3_client, naming)
+
+    # A run launched from the graph is a pipeline run too: it gets its success email.
+    def success_email() -> list[SentMessage]:
+        return [
+            m
+            for m in sent_messages(ui_stack.moto.endpoint_url, naming.sns_topic)
+            if m.subject == naming.subject("Success") and run_id in m.message
+        ]
+
+    assert len(wait_until(success_email, "the success email of the UI's run")) == 1
 
     # The graph now shows the materialisations and passed checks.
     page.goto("/asset-groups")
