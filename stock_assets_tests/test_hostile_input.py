@@ -49,6 +49,12 @@ CORPUS: dict[str, tuple[bytes, int, list[str], str | None]] = {
         ["Date is not"] * 3,
         None,
     ),
+    "hugevolume.us.csv": (
+        H + GOOD + b"2020-01-03,1,2,1,1,99999999999999999999999,0\n",
+        1,
+        ["Volume is not"],
+        None,
+    ),
     "negvolume.us.csv": (H + GOOD + b"2020-01-03,1,2,1,1,-7,0\n", 1, ["Volume is not"], None),
     "bom.us.csv": (b"\xef\xbb\xbf" + H + GOOD, 1, [], None),
     "crlf.us.csv": (H.replace(b"\n", b"\r\n") + GOOD.replace(b"\n", b"\r\n"), 1, [], None),

@@ -43,7 +43,8 @@ OUTPUT_SCHEMA = pa.schema([(name, pa.string()) for name in OUTPUT_COLUMNS])
 _DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # Non-negative decimal, as the source writes prices: no sign, exponent, NaN or inf.
 _PRICE_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
-_VOLUME_PATTERN = r"^[0-9]+$"
+# Up to 18 digits: always fits the int64 the volume is parsed into.
+_VOLUME_PATTERN = r"^[0-9]{1,18}$"
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 
