@@ -63,6 +63,13 @@ _FAST_LAST_DAY = (date(9999, 12, 31) - date(1970, 1, 1)).days
 # no shorter string maps to the same double, and repr writes [1e-4, 1e16) without an exponent.
 _REPR_LIKE_MAX_CHARS = 16  # 15 digits and the '.'
 _DOT, _ZERO = ord("."), ord("0")
+# The fast paths read the six used columns as text, then cast them in one go.
+_FAST_CONVERT = pv.ConvertOptions(
+    column_types=_RAW_STRING_TYPES,
+    include_columns=RAW_COLUMNS[:6],
+    strings_can_be_null=False,
+    quoted_strings_can_be_null=False,
+)
 
 
 @dataclass(frozen=True)
@@ -350,6 +357,14 @@ def _mark_duplicate_dates(
     return valid & keep
 
 
+def _typed_columns(raw: pa.Table) -> tuple[np.ndarray, list[pa.Array], pa.Array]:
+    """Dates as day numbers, the four prices as floats, volume as int64 (raises if any fails)."""
+    days = _chunk(pc.cast(raw["Date"], pa.date32())).view(pa.int32()).to_numpy()
+    floats = [_chunk(pc.cast(raw[name], pa.float64())) for name in PRICE_COLUMNS]
+    volume = _chunk(pc.cast(raw["Volume"], pa.int64()))
+    return days, floats, volume
+
+
 def _transform_clean_file(data: bytes, result: FileResult) -> bool:
     """The typed fast path: fill `result` and return True, or return False and touch nothing.
 
@@ -374,19 +389,12 @@ def _transform_clean_file(data: bytes, result: FileResult) -> bool:
             ),
             # Any short or long row raises here (no handler): the general path reports it.
             parse_options=pv.ParseOptions(ignore_empty_lines=False),
-            convert_options=pv.ConvertOptions(
-                column_types=_RAW_STRING_TYPES,
-                include_columns=RAW_COLUMNS[:6],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+            convert_options=_FAST_CONVERT,
         ).combine_chunks()
         n = raw.num_rows
         if n == 0 or data.count(b"-", body_start) != 2 * n:
             return False
-        days = _chunk(pc.cast(raw["Date"], pa.date32())).view(pa.int32()).to_numpy()
-        floats = [_chunk(pc.cast(raw[name], pa.float64())) for name in PRICE_COLUMNS]
-        volume = _chunk(pc.cast(raw["Volume"], pa.int64()))
+        days, floats, volume = _typed_columns(raw)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
     if days[0] < _FAST_FIRST_DAY or days[-1] > _FAST_LAST_DAY or not np.all(days[1:] > days[:-1]):
@@ -450,18 +458,11 @@ def _transform_clean_batch(files: list[tuple[FileResult, bytes]]) -> list[bool]:
             io.BytesIO(b"".join(bodies)),
             read_options=pv.ReadOptions(column_names=RAW_COLUMNS, use_threads=True),
             parse_options=pv.ParseOptions(ignore_empty_lines=False),
-            convert_options=pv.ConvertOptions(
-                column_types=_RAW_STRING_TYPES,
-                include_columns=RAW_COLUMNS[:6],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+            convert_options=_FAST_CONVERT,
         ).combine_chunks()
         if raw.num_rows != counts.sum():
             return [False] * len(files)
-        days = _chunk(pc.cast(raw["Date"], pa.date32())).view(pa.int32()).to_numpy()
-        floats = [_chunk(pc.cast(raw[name], pa.float64())) for name in PRICE_COLUMNS]
-        volume = _chunk(pc.cast(raw["Volume"], pa.int64()))
+        days, floats, volume = _typed_columns(raw)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return [False] * len(files)  # one bad file spoils the batch; each is retried alone
     # Rows breaking a per-file rule: out-of-range dates, or a date not after the previous one
