@@ -61,6 +61,7 @@ from stock_assets.notifications import (
     shorten_key,
     ui_base_url,
 )
+from stock_assets.pipeline.s3 import list_objects
 from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.settings import TABLE_NAME
 
@@ -95,13 +96,11 @@ class Marker:
 
 def list_markers(client: Any, bucket: str) -> list[Marker]:
     """Every `.SUCCESS` object in the bucket, at any prefix, across all listing pages."""
-    markers = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for item in page.get("Contents", []):
-            if item["Key"].endswith(MARKER_SUFFIX):
-                modified = item["LastModified"].astimezone(UTC).isoformat()
-                markers.append(Marker(item["Key"], item.get("ETag", "").strip('"'), modified))
-    return markers
+    return [
+        Marker(o.key, o.etag.strip('"'), o.last_modified.astimezone(UTC).isoformat())
+        for o in list_objects(client, bucket, prefix="")
+        if o.key.endswith(MARKER_SUFFIX) and o.last_modified is not None
+    ]
 
 
 def parse_cursor(cursor: str | None) -> dict[str, str]:

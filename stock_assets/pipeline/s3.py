@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -16,6 +17,7 @@ class S3Object:
     key: str
     size: int
     etag: str
+    last_modified: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -45,7 +47,11 @@ def list_objects(
         for item in page.get("Contents", []):
             if item["Key"].endswith("/"):  # a "folder" placeholder, not a file
                 continue
-            objects.append(S3Object(item["Key"], int(item["Size"]), item.get("ETag", "")))
+            objects.append(
+                S3Object(
+                    item["Key"], int(item["Size"]), item.get("ETag", ""), item.get("LastModified")
+                )
+            )
     if snapshot is not None:
         if any(kept != snapshot for kept, _, _ in _snapshots):
             _snapshots.clear()  # a new run: forget the last one's listings
