@@ -56,7 +56,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from dagster import DagsterInstance
 
     from stock_assets.definitions import defs
-    from stock_assets.jobs import STOCK_PIPELINE_JOB
+    from stock_assets.jobs import STOCK_PIPELINE_JOB, asset_materializations
 
     ready, ready_cpu = time.time(), time.process_time()
     instance = DagsterInstance.get()
@@ -88,7 +88,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     }
     metadata = {}
     for node in ("historical_stock_data_csv", "historical_stocks_data"):
-        materializations = result.asset_materializations_for_node(node) if result.success else []
+        materializations = asset_materializations(result, node) if result.success else []
         if materializations:
             metadata[node] = {
                 k: v.value

@@ -1,19 +1,21 @@
 """The four assets: thin Dagster wiring over `stock_assets.pipeline`.
 
-Lineage: raw_stock_files + top_companies → historical_stock_data_csv → historical_stocks_data.
+Lineage: raw_stock_files + top_companies → historical_stock_data_csv → historical_stocks_data
+(the last two made by one multi-asset step, `historical_stock_data`, which can also make either
+alone).
 Nothing is handed from asset to asset through an I/O manager: each one reads its inputs from
 S3, so any of them can be (re)materialised alone from the UI.
 """
 
-import io
+import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    AssetSpec,
     DataVersion,
     Failure,
     MaterializeResult,
@@ -22,6 +24,7 @@ from dagster import (
     TableColumn,
     TableSchema,
     asset,
+    multi_asset,
     observable_source_asset,
 )
 from dagster_aws.s3 import S3Resource
@@ -41,15 +44,18 @@ from stock_assets.pipeline import quality
 from stock_assets.pipeline.companies import CompanyFilter, FilterFileError, parse_company_filter
 from stock_assets.pipeline.load import (
     LoadCheckFailed,
+    LoadResult,
+    PipelinedLoad,
     check_no_duplicate_keys,
     check_table_matches_csv,
     load_csv,
     preview_rows,
 )
 from stock_assets.pipeline.output import (
+    CsvOutput,
+    build_output,
     content_fingerprint,
     csv_lines,
-    output_csv_bytes,
     rejected_rows_csv,
     skipped_files_csv,
 )
@@ -59,11 +65,9 @@ from stock_assets.pipeline.s3 import (
     listing_fingerprint,
     map_objects,
     read_object,
-    remember_written,
     s3_uri,
-    take_written,
 )
-from stock_assets.pipeline.transform import OUTPUT_COLUMNS, FileResult, combine, transform_files
+from stock_assets.pipeline.transform import OUTPUT_COLUMNS, CombinedOutput, FileResult
 from stock_assets.resources import PipelineSettings, PostgresResource
 from stock_assets.settings import (
     FILTER_KEY,
@@ -74,7 +78,7 @@ from stock_assets.settings import (
 
 GROUP = "stock_market"
 TABLE_SCHEMA = TableSchema(columns=[TableColumn(name, "varchar(56)") for name in OUTPUT_COLUMNS])
-# Object metadata on the output CSV, so the table asset knows what to expect when run alone.
+# Object metadata on the output CSV, so the table knows what to expect when loaded alone.
 ROWS_META = "row-count"
 FINGERPRINT_META = "content-fingerprint"
 CRC32_META = "content-crc32"
@@ -298,20 +302,60 @@ def _blocking_failures(checks: list[AssetCheckResult]) -> list[AssetCheckResult]
     return [c for c in checks if not c.passed and c.severity == AssetCheckSeverity.ERROR]
 
 
-@asset(
-    deps=[raw_stock_files, top_companies],
+CSV_SPEC = AssetSpec(
+    CSV,
+    deps=[raw_stock_files.key, TOP_COMPANIES],
     group_name=GROUP,
     kinds={"s3", "csv"},
-    check_specs=CSV_CHECKS,
     description="`Output/historical_stock_data.csv`: the listed companies' rows in filter "
     "order, with daily_percent_change and value_change; no header.",
 )
-def historical_stock_data_csv(
-    context: AssetExecutionContext, s3: S3Resource, settings: PipelineSettings
+TABLE_SPEC = AssetSpec(
+    TABLE,
+    deps=[CSV],
+    group_name=GROUP,
+    kinds={"postgres"},
+    freshness_policy=TABLE_FRESHNESS,
+    description="PostgreSQL table `historical_stocks_data` (9 × VARCHAR(56)), made equal to the "
+    "output CSV by `insert_query.sql` in one transaction.",
+)
+
+
+@multi_asset(
+    name="historical_stock_data",
+    specs=[CSV_SPEC, TABLE_SPEC],
+    check_specs=[*CSV_CHECKS, *TABLE_CHECKS],
+    can_subset=True,
+)
+def historical_stock_data(
+    context: AssetExecutionContext,
+    s3: S3Resource,
+    postgres: PostgresResource,
+    settings: PipelineSettings,
+):
+    """The output CSV and the table, one step when both are materialised.
+
+    Both: the table is loaded while the CSV is being made (COPY fed chunk by chunk), and its
+    transaction commits only after the CSV passed its checks and was uploaded. The CSV alone:
+    made and uploaded. The table alone: loaded from the CSV object in S3.
+    """
+    selected = context.selected_asset_keys
+    if CSV in selected:
+        yield from _make_csv(
+            context, s3.get_client(), settings, postgres if TABLE in selected else None
+        )
+    else:
+        yield from _load_table_from_object(context, s3.get_client(), postgres, settings)
+
+
+def _make_csv(
+    context: AssetExecutionContext,
+    client: Any,
+    settings: PipelineSettings,
+    postgres: PostgresResource | None,
 ):
     started = time.perf_counter()
     steps: dict[str, float] = {}
-    client = s3.get_client()
     bucket = settings.naming.source_bucket
     company_filter = _load_filter(client, bucket, settings.max_files)
     listing = {
@@ -323,84 +367,126 @@ def historical_stock_data_csv(
     if not limits.passed:
         yield limits
         raise InputLimitExceeded(limits.metadata["problem"].value)
-
     missing = [
         FileResult(f, 0, skip_reason="listed in the filter but not found under Stocks/")
         for f in company_filter.files
         if f not in listing
     ]
-    mark = time.perf_counter()
-    # The pool downloads in order while the files are transformed in batches (see
-    # transform_files: one Arrow pass per ~8 MB instead of per file).
-    results = list(
-        transform_files(
-            (key.rsplit("/", 1)[-1], body)
-            for key, body in map_objects(
-                client,
-                bucket,
-                [o.key for o in selected],
-                lambda key, body: (key, body),
-                max_workers=settings.read_concurrency,
-            )
-        )
-    )
-    steps["read_transform_seconds"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    combined = combine(results)
-    skipped = missing + combined.skipped_files
-    # Rejects are kept whatever happens next, so a failed run still shows what it refused.
-    reject_uris = _write_rejects(client, bucket, context.run_id, skipped, combined)
-    checks, duplicates = _csv_checks(
-        combined, len(company_filter.files), skipped, reject_uris, settings
-    )
-    checks.insert(0, limits)
-    steps["combine_check_seconds"] = time.perf_counter() - mark
-    blocking = _blocking_failures(checks)
-    if blocking:
-        yield from checks
-        names = ", ".join(c.check_name for c in blocking)
-        raise Failure(
-            f"blocking checks failed ({names}); Output/historical_stock_data.csv was not "
-            f"replaced and the table is untouched. Rejects: {reject_uris or 'none'}"
-        )
 
-    mark = time.perf_counter()
-    body = output_csv_bytes(combined.table)
-    rows = combined.table.num_rows
-    # SHA-256 releases the GIL: hash on another core while the lines' CRCs are summed here
-    # (lazily: no 2 M line objects at once).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        fingerprint_job = pool.submit(content_fingerprint, body)
-        crc32 = quality.line_checksum(csv_lines(body))
-        fingerprint = fingerprint_job.result()
-    written = client.put_object(
-        Bucket=bucket,
-        Key=OUTPUT_KEY,
-        Body=body,
-        ContentType="text/csv",
-        Metadata={
-            ROWS_META: str(rows),
-            FINGERPRINT_META: fingerprint,
-            CRC32_META: str(crc32),
-            DUPLICATES_META: str(duplicates),
-            RUN_META: context.run_id,
-        },
-    )
-    # The table asset runs next in this process: it loads these bytes if the object is unchanged.
-    remember_written(bucket, OUTPUT_KEY, written["ETag"], body)
-    steps["write_seconds"] = time.perf_counter() - mark
-    companies = len({f.company for f in results if f.rows_written})
+    with contextlib.ExitStack() as stack:
+        load = (
+            stack.enter_context(PipelinedLoad(postgres.connect, postgres.table))
+            if postgres is not None
+            else None
+        )
+        mark = time.perf_counter()
+        # Downloads (a thread pool, in order), transformation in batches, CSV chunks, and the
+        # COPY of those chunks into the table (another thread) all overlap.
+        combined, csv_output = build_output(
+            (
+                (key.rsplit("/", 1)[-1], body)
+                for key, body in map_objects(
+                    client,
+                    bucket,
+                    [o.key for o in selected],
+                    lambda key, body: (key, body),
+                    max_workers=settings.read_concurrency,
+                )
+            ),
+            [o.name for o in selected],
+            forward=load.write if load is not None and load.error is None else None,
+        )
+        if load is not None:
+            load.finish(csv_output.rows)  # the table's content check now runs on the server
+        steps["read_transform_seconds"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        skipped = missing + combined.skipped_files
+        # Rejects are kept whatever happens next, so a failed run still shows what it refused.
+        reject_uris = _write_rejects(client, bucket, context.run_id, skipped, combined)
+        checks, duplicates = _csv_checks(
+            combined, len(company_filter.files), skipped, reject_uris, settings
+        )
+        checks.insert(0, limits)
+        steps["combine_check_seconds"] = time.perf_counter() - mark
+        blocking = _blocking_failures(checks)
+        if blocking:
+            yield from checks
+            names = ", ".join(c.check_name for c in blocking)
+            raise Failure(
+                f"blocking checks failed ({names}); Output/historical_stock_data.csv was not "
+                f"replaced and the table is untouched. Rejects: {reject_uris or 'none'}"
+            )
+
+        mark = time.perf_counter()
+        crc32 = _csv_crc32(csv_output, load)
+        fingerprint = csv_output.fingerprint
+        client.put_object(
+            Bucket=bucket,
+            Key=OUTPUT_KEY,
+            Body=csv_output.body(),
+            ContentType="text/csv",
+            Metadata={
+                ROWS_META: str(csv_output.rows),
+                FINGERPRINT_META: fingerprint,
+                CRC32_META: str(crc32),
+                DUPLICATES_META: str(duplicates),
+                RUN_META: context.run_id,
+            },
+        )
+        steps["write_seconds"] = time.perf_counter() - mark
+        yield _csv_materialization(
+            bucket, combined, csv_output, len(company_filter.files), skipped, reject_uris,
+            checks, steps, started,
+        )  # fmt: skip
+        if load is not None and postgres is not None:
+            try:
+                loaded = load.commit(duplicates, deep=settings.deep_table_checks)
+            except LoadCheckFailed as err:
+                yield from _failed_table_checks(err)
+            preview = preview_rows(load.connection, 5, postgres.table)
+            source = {
+                "run_id": context.run_id,
+                "fingerprint": fingerprint,
+                "rows": str(csv_output.rows),
+            }
+            yield _table_materialization(context, loaded, preview, bucket, source, postgres)
+
+
+def _csv_crc32(csv_output: CsvOutput, load: PipelinedLoad | None) -> int:
+    """The CSV's content checksum: as streamed into COPY, as summed while writing, or (the COPY
+    having failed part-way) computed now."""
+    if load is not None and load.streamed_crc32 is not None:
+        return load.streamed_crc32
+    if csv_output.crc32 is not None:
+        return csv_output.crc32
+    return quality.line_checksum(csv_lines(csv_output.getvalue()))
+
+
+def _csv_materialization(
+    bucket: str,
+    combined: CombinedOutput,
+    csv_output: CsvOutput,
+    files_selected: int,
+    skipped: list[FileResult],
+    reject_uris: dict[str, str],
+    checks: list[AssetCheckResult],
+    steps: dict[str, float],
+    started: float,
+) -> MaterializeResult:
+    results = combined.files
     preview = combined.table.slice(0, 5).to_pylist()
-    yield MaterializeResult(
-        data_version=DataVersion(fingerprint),
+    return MaterializeResult(
+        asset_key=CSV,
+        data_version=DataVersion(csv_output.fingerprint),
         check_results=checks,
         metadata={
-            "dagster/row_count": rows,
+            "dagster/row_count": csv_output.rows,
             "dagster/column_schema": TABLE_SCHEMA,
             "rows_read": combined.rows_read,
             "rows_rejected": combined.rows_rejected,
             "open_zero_rows": sum(f.open_zero_rows for f in results),
-            "files_selected": len(company_filter.files),
+            "files_selected": files_selected,
             "files_read": len(results),
             "files_skipped": len(skipped),
             "skipped_files": MetadataValue.md(
@@ -408,10 +494,10 @@ def historical_stock_data_csv(
                 if skipped
                 else "none"
             ),
-            "companies": companies,
+            "companies": len({f.company for f in results if f.rows_written}),
             "bytes_read": sum(f.bytes_read for f in results),
-            "bytes_written": len(body),
-            "content_fingerprint": fingerprint,
+            "bytes_written": csv_output.size,
+            "content_fingerprint": csv_output.fingerprint,
             **{name: round(seconds, 3) for name, seconds in steps.items()},
             "duration_seconds": round(time.perf_counter() - started, 3),
             "location": MetadataValue.url(s3_uri(bucket, OUTPUT_KEY)),
@@ -426,26 +512,55 @@ def historical_stock_data_csv(
     )
 
 
+def _failed_table_checks(err: LoadCheckFailed):
+    for outcome in err.outcomes:
+        yield result(TABLE, outcome.name, outcome.passed, outcome.metadata)
+    raise Failure(str(err)) from err
+
+
+def _table_materialization(
+    context: AssetExecutionContext,
+    loaded: LoadResult,
+    preview: list[tuple],
+    bucket: str,
+    source: dict[str, str],
+    postgres: PostgresResource,
+) -> MaterializeResult:
+    context.log.info(
+        f"loaded {loaded.rows_loaded} rows into {postgres.table} in {loaded.seconds:.1f}s"
+    )
+    return MaterializeResult(
+        asset_key=TABLE,
+        data_version=DataVersion(source["fingerprint"]),
+        check_results=[result(TABLE, o.name, o.passed, o.metadata) for o in loaded.checks],
+        metadata={
+            "dagster/row_count": loaded.rows_loaded,
+            "dagster/column_schema": TABLE_SCHEMA,
+            "dagster/table_name": postgres.table,
+            "rows_before": loaded.rows_before,
+            "rows_expected_from_csv": int(source["rows"]),
+            "source_csv": MetadataValue.url(s3_uri(bucket, OUTPUT_KEY)),
+            "source_run_id": source["run_id"],
+            "database": postgres.display_url,
+            "load_seconds": round(loaded.seconds, 3),
+            "preview": MetadataValue.md(
+                _markdown_table(OUTPUT_COLUMNS, [list(r) for r in preview])
+            ),
+        },
+    )
+
+
 def _optional_int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-@asset(
-    deps=[historical_stock_data_csv],
-    group_name=GROUP,
-    kinds={"postgres"},
-    check_specs=TABLE_CHECKS,
-    freshness_policy=TABLE_FRESHNESS,
-    description="PostgreSQL table `historical_stocks_data` (9 × VARCHAR(56)), made equal to the "
-    "output CSV by `insert_query.sql` in one transaction.",
-)
-def historical_stocks_data(
+def _load_table_from_object(
     context: AssetExecutionContext,
-    s3: S3Resource,
+    client: Any,
     postgres: PostgresResource,
     settings: PipelineSettings,
 ):
-    client = s3.get_client()
+    """The table alone: load the CSV object as it is in S3 (written by an earlier run)."""
     bucket = settings.naming.source_bucket
     try:
         head = client.head_object(Bucket=bucket, Key=OUTPUT_KEY)
@@ -458,14 +573,8 @@ def historical_stocks_data(
     if ROWS_META not in object_meta:
         raise Failure(f"{s3_uri(bucket, OUTPUT_KEY)} was not written by this pipeline")
     expected_rows = int(object_meta[ROWS_META])
-    # Same run process and the object's ETag unchanged: the bytes the CSV asset just wrote.
-    written = take_written(bucket, OUTPUT_KEY, head["ETag"])
-    # Else IfMatch: load exactly the object whose metadata was just read, not a newer one.
-    body = (
-        io.BytesIO(written)
-        if written is not None
-        else client.get_object(Bucket=bucket, Key=OUTPUT_KEY, IfMatch=head["ETag"])["Body"]
-    )
+    # IfMatch: load exactly the object whose metadata was just read, not a newer one.
+    body = client.get_object(Bucket=bucket, Key=OUTPUT_KEY, IfMatch=head["ETag"])["Body"]
     with postgres.connect() as conn:
         reader = quality.ChecksummingReader(body, quality.checksum_algorithm(conn.server_version))
         checks = [
@@ -479,28 +588,11 @@ def historical_stocks_data(
         try:
             loaded = load_csv(conn, reader, checks=checks, table=postgres.table)
         except LoadCheckFailed as err:
-            for outcome in err.outcomes:
-                yield result(TABLE, outcome.name, outcome.passed, outcome.metadata)
-            raise Failure(str(err)) from err
+            yield from _failed_table_checks(err)
         preview = preview_rows(conn, 5, postgres.table)
-    context.log.info(
-        f"loaded {loaded.rows_loaded} rows into {postgres.table} in {loaded.seconds:.1f}s"
-    )
-    yield MaterializeResult(
-        data_version=DataVersion(object_meta.get(FINGERPRINT_META, head["ETag"].strip('"'))),
-        check_results=[result(TABLE, o.name, o.passed, o.metadata) for o in loaded.checks],
-        metadata={
-            "dagster/row_count": loaded.rows_loaded,
-            "dagster/column_schema": TABLE_SCHEMA,
-            "dagster/table_name": postgres.table,
-            "rows_before": loaded.rows_before,
-            "rows_expected_from_csv": expected_rows,
-            "source_csv": MetadataValue.url(s3_uri(bucket, OUTPUT_KEY)),
-            "source_run_id": object_meta.get(RUN_META, "unknown"),
-            "database": postgres.display_url,
-            "load_seconds": round(loaded.seconds, 3),
-            "preview": MetadataValue.md(
-                _markdown_table(OUTPUT_COLUMNS, [list(r) for r in preview])
-            ),
-        },
-    )
+    source = {
+        "run_id": object_meta.get(RUN_META, "unknown"),
+        "fingerprint": object_meta.get(FINGERPRINT_META, head["ETag"].strip('"')),
+        "rows": str(expected_rows),
+    }
+    yield _table_materialization(context, loaded, preview, bucket, source, postgres)

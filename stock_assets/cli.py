@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from dagster import DagsterInstance
 
         from stock_assets.definitions import defs
-        from stock_assets.jobs import STOCK_PIPELINE_JOB
+        from stock_assets.jobs import STOCK_PIPELINE_JOB, asset_materializations
         from stock_assets.pipeline.load import count_rows
         from stock_assets.settings import OUTPUT_KEY, TABLE_NAME, Naming
 
@@ -108,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         with psycopg2.connect(stack.postgres.url) as conn, conn.cursor() as cur:
             rows = count_rows(cur, TABLE_NAME)
-        csv_meta = result.asset_materializations_for_node("historical_stock_data_csv")[0].metadata
+        csv_meta = asset_materializations(result, "historical_stock_data_csv")[0].metadata
         checks = result.get_asset_check_evaluations()
         warned = [f"{c.check_name} ({c.metadata['count'].value})" for c in checks if not c.passed]
         print(

@@ -2,12 +2,7 @@
 
 from dagster import Definitions, in_process_executor
 
-from stock_assets.assets import (
-    historical_stock_data_csv,
-    historical_stocks_data,
-    raw_stock_files,
-    top_companies,
-)
+from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
 from stock_assets.jobs import stock_pipeline_job
 from stock_assets.resources import (
     PipelineSettings,
@@ -22,7 +17,7 @@ from stock_assets.sensors import (
 )
 
 defs = Definitions(
-    assets=[raw_stock_files, top_companies, historical_stock_data_csv, historical_stocks_data],
+    assets=[raw_stock_files, top_companies, historical_stock_data],
     jobs=[stock_pipeline_job],
     sensors=[success_marker_sensor, sns_on_pipeline_success, sns_on_pipeline_failure],
     resources={

@@ -54,9 +54,11 @@ def _instance() -> Any:
 
 def _summary(result: Any) -> str:
     """The counts a person checks first, from the assets' materialisation metadata."""
+    from stock_assets.jobs import asset_materializations
+
     lines = []
     for node in ("historical_stock_data_csv", "historical_stocks_data"):
-        for event in result.asset_materializations_for_node(node):
+        for event in asset_materializations(result, node):
             meta = {k: v.value for k, v in event.metadata.items()}
             wanted = ("files_read", "files_skipped", "rows_read", "rows_rejected", "location")
             shown = {k: meta[k] for k in ("dagster/row_count", *wanted) if k in meta}

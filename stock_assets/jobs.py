@@ -1,6 +1,14 @@
 """The job that runs the whole pipeline: observe the raw files, then materialise the rest."""
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetSelection,
+    define_asset_job,
+    in_process_executor,
+)
 
 STOCK_PIPELINE_JOB = "stock_pipeline_job"
 
@@ -13,3 +21,14 @@ stock_pipeline_job = define_asset_job(
     # The steps are light and sequential; one process avoids a process start per step.
     executor_def=in_process_executor,
 )
+
+
+def asset_materializations(result: Any, asset: str) -> list[AssetMaterialization]:
+    """The materialisations of `asset` in a job's in-process result (one step can make several
+    assets, so looking them up by step name is not enough)."""
+    key = AssetKey(asset)
+    return [
+        event.materialization
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == key
+    ]

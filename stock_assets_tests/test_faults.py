@@ -12,19 +12,14 @@ import psycopg2
 import pytest
 from dagster import DagsterInstance, materialize
 
-from stock_assets.assets import (
-    historical_stock_data_csv,
-    historical_stocks_data,
-    raw_stock_files,
-    top_companies,
-)
+from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 from stock_assets.settings import OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import REPO_ROOT, table_rows
 from stock_assets_tests.faults import FaultyHttpProxy, HttpFault, TcpToUnixProxy
 from stock_assets_tests.test_pipeline import run_job
 
-ASSETS = [raw_stock_files, top_companies, historical_stock_data_csv, historical_stocks_data]
+ASSETS = [raw_stock_files, top_companies, historical_stock_data]
 
 
 def step_errors(result) -> str:

@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
 
 from stock_assets.definitions import defs
+from stock_assets.jobs import asset_materializations
 from stock_assets.local.sns_inbox import sent_messages
 from stock_assets.local.stack import free_port
 from stock_assets.notifications import (
@@ -206,7 +207,7 @@ def test_success_sensor_sends_one_actionable_message(seeded_stack, topic, naming
     [sent] = inbox(seeded_stack, naming)
     assert sent.subject == "Dora_Explorer_Pipeline_Success"
     rows = len(table_rows(db))
-    [csv_event] = result.asset_materializations_for_node("historical_stock_data_csv")
+    [csv_event] = asset_materializations(result, "historical_stock_data_csv")
     csv_meta = {k: v.value for k, v in csv_event.metadata.items()}
     for expected in [
         f"Run id:     {result.run_id}",
@@ -284,7 +285,7 @@ def test_unexpected_error_is_reported_unwrapped(seeded_stack, topic, naming, mon
         sns_on_pipeline_failure(context)
 
     [sent] = inbox(seeded_stack, naming)
-    assert "step historical_stocks_data: OperationalError: connection to server" in sent.message
+    assert "step historical_stock_data: OperationalError: connection to server" in sent.message
     assert "DagsterExecutionStepExecutionError" not in sent.message
     # What did happen before the failure is still reported.
     assert "rows written to CSV:   not reached" not in sent.message

@@ -7,6 +7,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from stock_assets.definitions import defs
+from stock_assets.jobs import asset_materializations
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import sample_files, table_rows
 
@@ -29,7 +30,7 @@ def output_lines(s3_client, naming) -> list[str]:
 
 
 def metadata(result, asset: str) -> dict:
-    [materialization] = result.asset_materializations_for_node(asset)
+    [materialization] = asset_materializations(result, asset)
     return {k: v.value for k, v in materialization.metadata.items()}
 
 

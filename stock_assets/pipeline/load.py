@@ -5,15 +5,25 @@ Dagster-free: takes a psycopg2 connection and a readable byte stream.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import queue
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import IO, Any
 
+import psycopg2
 from psycopg2 import sql
 
-from stock_assets.pipeline.quality import ChecksummingReader, table_checksum_sql
+from stock_assets.pipeline.quality import (
+    ChecksummingReader,
+    checksum_algorithm,
+    table_checksum_sql,
+)
 from stock_assets.settings import TABLE_NAME
 
 COPY_BUFFER_BYTES = 1 << 20
@@ -143,6 +153,69 @@ def check_no_duplicate_keys(csv_duplicates: int | None, deep: bool = False) -> I
     return check
 
 
+class TableLoad:
+    """One replacement of the table's rows, as a context manager around one transaction.
+
+    Entering creates the table if missing (its own transaction, so a failed load never drops it),
+    then opens the load's transaction: lock timeout, TRUNCATE. `copy` streams CSV into it,
+    `check` runs in-transaction checks, `commit` makes it visible. Leaving the block without
+    `commit` — an exception, a failed check, a failure elsewhere in the caller — rolls back, so
+    the table is exactly as it was.
+    """
+
+    def __init__(self, conn: Any, table: str = TABLE_NAME, lock_timeout: str = "60s") -> None:
+        self.conn = conn
+        self.table = table
+        self.lock_timeout = lock_timeout
+        self.rows_before = 0
+        self.rows_loaded = 0
+        self.outcomes: list[CheckOutcome] = []
+        self._cursor: Any = None
+        self._committed = False
+        self._started = 0.0
+
+    def __enter__(self) -> TableLoad:
+        self._started = time.perf_counter()
+        ensure_table(self.conn, self.table)
+        self.conn.commit()
+        truncate, self._copy_sql = _statements("insert_query.sql", self.table)
+        self._cursor = self.conn.cursor()
+        # Fail clearly instead of waiting forever behind another session's lock.
+        self._cursor.execute("SELECT set_config('lock_timeout', %s, true)", (self.lock_timeout,))
+        self.rows_before = count_rows(self._cursor, self.table)
+        self._cursor.execute(truncate)
+        return self
+
+    def copy(self, csv_stream: IO[bytes]) -> int:
+        """COPY `csv_stream` (read until empty) into the table; returns the rows it added."""
+        self._cursor.copy_expert(self._copy_sql, csv_stream, size=COPY_BUFFER_BYTES)
+        self.rows_loaded += self._cursor.rowcount
+        return self._cursor.rowcount
+
+    def check(self, checks: list[InTransactionCheck]) -> list[CheckOutcome]:
+        """Run `checks` in the transaction; raises LoadCheckFailed (all outcomes so far) if any
+        fails, which leaves COMMIT impossible."""
+        self.outcomes += [check(self._cursor, self.table) for check in checks]
+        if not all(o.passed for o in self.outcomes):
+            raise LoadCheckFailed(self.outcomes)
+        return self.outcomes
+
+    def commit(self) -> LoadResult:
+        self.conn.commit()
+        self._committed = True
+        seconds = time.perf_counter() - self._started
+        return LoadResult(self.table, self.rows_before, self.rows_loaded, seconds, self.outcomes)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._committed:
+            return
+        try:
+            self.conn.rollback()
+        except psycopg2.Error:
+            if exc_info[0] is None:  # else the original error says more (e.g. connection lost)
+                raise
+
+
 def load_csv(
     conn: Any,
     csv_stream: IO[bytes],
@@ -150,33 +223,150 @@ def load_csv(
     table: str = TABLE_NAME,
     lock_timeout: str = "60s",
 ) -> LoadResult:
-    """Replace the table's rows with the CSV's (runs `insert_query.sql`), atomically.
+    """Replace the table's rows with the CSV's (runs `insert_query.sql`), atomically: TRUNCATE +
+    COPY + `checks` in one transaction; any exception rolls it back and re-raises."""
+    with TableLoad(conn, table, lock_timeout) as load:
+        load.copy(csv_stream)
+        load.check(checks or [])
+        return load.commit()
 
-    The table is created if missing (in its own transaction, so a failed load never drops it).
-    Then TRUNCATE + COPY + `checks` run in one transaction; any exception rolls it back and
-    re-raises, leaving the table exactly as it was.
+
+class BackgroundCopy:
+    """`TableLoad.copy` in a worker thread, fed chunk by chunk from the caller's thread.
+
+    The producer (the transformation) calls `write` for each chunk of CSV as it is made and
+    `finish` at the end; meanwhile the worker streams the chunks to the server. The queue is
+    bounded, so a slow server slows the producer down rather than filling memory. If the COPY
+    fails, `write` stops queueing (the producer carries on with its own work) and `finish`
+    raises the COPY's error. `reader` checksums exactly the bytes COPY consumed.
     """
-    started = time.perf_counter()
-    ensure_table(conn, table)
-    conn.commit()
-    truncate, copy = _statements("insert_query.sql", table)
-    outcomes: list[CheckOutcome] = []
-    try:
-        with conn.cursor() as cur:
-            # Fail clearly instead of waiting forever behind another session's lock.
-            cur.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
-            rows_before = count_rows(cur, table)
-            cur.execute(truncate)
-            cur.copy_expert(copy, csv_stream, size=COPY_BUFFER_BYTES)
-            rows_loaded = cur.rowcount
-            outcomes = [check(cur, table) for check in checks or []]
-            if not all(o.passed for o in outcomes):
-                raise LoadCheckFailed(outcomes)
-        conn.commit()
-    except BaseException:
-        conn.rollback()
-        raise
-    return LoadResult(table, rows_before, rows_loaded, time.perf_counter() - started, outcomes)
+
+    def __init__(self, load: TableLoad, server_algorithm: str = "crc32", max_chunks: int = 8):
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max_chunks)
+        self.reader = ChecksummingReader(_QueueReader(self._queue), server_algorithm)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy")
+        self._future: Future[int] = self._pool.submit(load.copy, self.reader)
+
+    def write(self, chunk: bytes) -> None:
+        if chunk:
+            self._put(chunk)
+
+    def finish(self) -> int:
+        """End of data: waits for COPY; returns its row count or raises its error."""
+        self._put(b"")
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown(wait=False)
+
+    def abandon(self) -> None:
+        """Stop feeding (the caller gave up): COPY ends and the worker exits; the transaction is
+        then rolled back by the TableLoad. Harmless after `finish`."""
+        self._put(b"")
+        concurrent.futures.wait([self._future])
+        self._pool.shutdown(wait=False)
+
+    def _put(self, chunk: bytes) -> None:
+        while not self._future.done():  # a failed COPY reads nothing more: do not block on it
+            try:
+                self._queue.put(chunk, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+
+class _QueueReader:
+    """A file object whose `read` returns the next queued chunk; b"" is the end."""
+
+    def __init__(self, chunks: queue.Queue[bytes]) -> None:
+        self._chunks = chunks
+
+    def read(self, size: int = -1) -> bytes:
+        return self._chunks.get()
+
+
+class PipelinedLoad:
+    """Loads the output into the table while the output is still being made; commits only when
+    told, after the caller's own checks and writes have succeeded.
+
+    `write` takes CSV chunks as they are produced (see `BackgroundCopy`); `finish` ends the COPY
+    and starts the content check on the server in the background, so it overlaps whatever the
+    caller does next (its checks on the CSV, the upload); `commit` waits for it, adds the
+    duplicate-key check and commits. Leaving the block without `commit` rolls back.
+
+    A failure on the table's side (connecting, the COPY) is kept and raised by `commit`, not
+    before: the caller's other output (the CSV object) does not depend on the database.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], AbstractContextManager[Any]],
+        table: str = TABLE_NAME,
+        lock_timeout: str = "60s",
+    ) -> None:
+        self._connect = connect
+        self._table = table
+        self._lock_timeout = lock_timeout
+        self._stack = ExitStack()
+        self._copy: BackgroundCopy | None = None
+        self._load: TableLoad | None = None
+        self._checking: Future[list[CheckOutcome]] | None = None
+        self.error: BaseException | None = None
+        self.connection: Any = None
+
+    def __enter__(self) -> PipelinedLoad:
+        try:
+            conn = self.connection = self._stack.enter_context(self._connect())
+            self._load = self._stack.enter_context(TableLoad(conn, self._table, self._lock_timeout))
+            self._copy = BackgroundCopy(self._load, checksum_algorithm(conn.server_version))
+            self._stack.callback(self._copy.abandon)  # runs before the rollback
+        except psycopg2.Error as err:
+            self._fail(err)
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        if self._copy is not None and self.error is None:
+            self._copy.write(chunk)
+
+    def finish(self, expected_rows: int) -> None:
+        """All chunks written: end the COPY; check the table against the streamed CSV."""
+        if self._copy is None or self._load is None or self.error is not None:
+            return
+        try:
+            self._copy.finish()
+        except psycopg2.Error as err:
+            self._fail(err)
+            return
+        matches = check_table_matches_csv(expected_rows, None, self._copy.reader)
+        self._checking = self._stack.enter_context(
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-check")
+        ).submit(self._load.check, [matches])
+
+    @property
+    def streamed_crc32(self) -> int | None:
+        """The per-line CRC-32 sum of the bytes COPY consumed (None: no COPY completed)."""
+        if self._checking is None or self._copy is None:
+            return None
+        return self._copy.reader.checksums["crc32"]
+
+    def commit(self, csv_duplicates: int | None, deep: bool = False) -> LoadResult:
+        """Raise the table side's failure if there was one; else finish the checks and COMMIT."""
+        if self.error is not None:
+            raise self.error
+        if self._checking is None or self._load is None:
+            raise RuntimeError("PipelinedLoad.commit before finish")
+        self._checking.result()  # raises LoadCheckFailed
+        self._load.check([check_no_duplicate_keys(csv_duplicates, deep=deep)])
+        return self._load.commit()
+
+    def _fail(self, err: BaseException) -> None:
+        self.error = err
+        self._copy = None
+        with contextlib.suppress(psycopg2.Error):
+            self._stack.close()  # roll back and disconnect now; nothing more goes there
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.__exit__(*exc_info)
 
 
 def preview_rows(conn: Any, limit: int = 5, table: str = TABLE_NAME) -> list[tuple]:

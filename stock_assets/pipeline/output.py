@@ -6,12 +6,20 @@ import csv
 import hashlib
 import io
 import itertools
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pv
 
-from stock_assets.pipeline.transform import OUTPUT_COLUMNS, FileResult, RejectedRow
+from stock_assets.pipeline.transform import (
+    OUTPUT_COLUMNS,
+    CombinedOutput,
+    FileResult,
+    OutputCombiner,
+    RejectedRow,
+    transform_files,
+)
 
 REJECTED_ROWS_HEADER = ["file_name", "line", "reason", "raw_row"]
 SKIPPED_FILES_HEADER = ["file_name", "bytes", "reason"]
@@ -33,6 +41,91 @@ def output_csv_bytes(table: pa.Table) -> bytes:
         pv.WriteOptions(include_header=False, quoting_style="none", batch_size=65536),
     )
     return sink.getvalue()
+
+
+class CsvOutput:
+    """The output CSV assembled batch by batch, in order, while the input is still being read.
+
+    Each batch of output rows becomes spec-format bytes (`output_csv_bytes`, about
+    `rows_per_chunk` rows at a time) appended to one buffer and to the SHA-256 fingerprint, and
+    is handed to `forward` as soon as it exists, so a COPY into the table can run alongside the
+    transformation instead of after it. `line_checksums`: also sum each line's CRC-32 (the
+    content checksum the table is checked against) when nothing downstream computes it.
+    """
+
+    def __init__(
+        self,
+        forward: Callable[[bytes], None] | None = None,
+        rows_per_chunk: int = 100_000,
+        line_checksums: bool = False,
+    ) -> None:
+        self._forward = forward
+        self._rows_per_chunk = rows_per_chunk
+        self._buffer = io.BytesIO()
+        self._sha256 = hashlib.sha256()
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.rows = 0
+        self.size = 0
+        self.crc32: int | None = 0 if line_checksums else None
+
+    def add(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self._rows_per_chunk:
+            self._flush()
+
+    def close(self) -> None:
+        """Write what is pending; call once the last batch was added."""
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_rows:
+            return
+        chunk = output_csv_bytes(pa.concat_tables(self._pending))
+        self.rows += self._pending_rows
+        self._pending, self._pending_rows = [], 0
+        self._buffer.write(chunk)
+        self.size += len(chunk)
+        self._sha256.update(chunk)
+        if self.crc32 is not None:
+            self.crc32 += sum(map(zlib.crc32, chunk[:-1].split(b"\n")))
+        if self._forward is not None:
+            self._forward(chunk)
+
+    @property
+    def fingerprint(self) -> str:
+        """`content_fingerprint` of the bytes written so far."""
+        return self._sha256.hexdigest()[:16]
+
+    def body(self) -> io.BytesIO:
+        """The whole CSV as a file object at its start (for an upload: no extra copy)."""
+        self._buffer.seek(0)
+        return self._buffer
+
+    def getvalue(self) -> bytes:
+        return self._buffer.getvalue()
+
+
+def build_output(
+    files: Iterable[tuple[str, bytes]],
+    file_names: Sequence[str],
+    forward: Callable[[bytes], None] | None = None,
+) -> tuple[CombinedOutput, CsvOutput]:
+    """Raw files (name, bytes), in filter order → the combined output and its CSV.
+
+    One pass: each batch is transformed, joined and written as CSV before the next is read, and
+    each CSV chunk goes to `forward` at once (see `CsvOutput`). `file_names`: every name
+    `files` will yield (see `OutputCombiner`).
+    """
+    combiner = OutputCombiner(file_names)
+    csv_output = CsvOutput(forward=forward, line_checksums=forward is None)
+    for result in transform_files(files):
+        table = combiner.add(result)
+        if table is not None:
+            csv_output.add(table)
+    csv_output.close()
+    return combiner.result(), csv_output
 
 
 def content_fingerprint(data: bytes) -> str:

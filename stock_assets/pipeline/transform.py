@@ -589,41 +589,63 @@ class CombinedOutput:
         return [f for f in self.files if f.skip_reason]
 
 
+class OutputCombiner:
+    """Joins file outputs one by one, in filter order, into the output table.
+
+    Drops rows whose (company, date) an earlier file already supplied (two files can share a
+    company name, e.g. `abc.us.csv` and `abc.uk.csv`); they become rejected rows. Works file by
+    file so the output can be written and loaded while later files are still being read.
+    `file_names` are all the files that will be added: only companies fed by more than one of
+    them can collide, so only those companies' dates are tracked.
+    """
+
+    def __init__(self, file_names: Iterable[str]) -> None:
+        counts = Counter(company_name(name) for name in file_names)
+        self._shared = {company for company, n in counts.items() if n > 1}
+        self._dates_by_company: dict[str, set[str]] = {}
+        self._files: list[FileResult] = []
+        self._tables: list[pa.Table] = []
+        self._cross: list[RejectedRow] = []
+
+    def add(self, result: FileResult) -> pa.Table | None:
+        """Take one file's result; returns the rows it adds to the output (None: none)."""
+        self._files.append(result)
+        if result.table is None or result.table.num_rows == 0:
+            return None
+        if result.company in self._shared:
+            result.table = self._drop_dates_seen(result)
+        self._tables.append(result.table)
+        return result.table
+
+    def _drop_dates_seen(self, result: FileResult) -> pa.Table:
+        table = result.table
+        assert table is not None
+        dates = table["stock_date"].to_pylist()
+        seen = self._dates_by_company.setdefault(result.company, set())
+        keep = [d not in seen for d in dates]
+        self._cross.extend(
+            RejectedRow(
+                result.file_name,
+                0,
+                f"duplicate (company_name, stock_date): {result.company} {d} "
+                "already supplied by an earlier file",
+                d,
+            )
+            for d, kept in zip(dates, keep, strict=True)
+            if not kept
+        )
+        seen.update(dates)
+        return table if all(keep) else table.filter(pa.array(keep))
+
+    def result(self) -> CombinedOutput:
+        table = pa.concat_tables(self._tables) if self._tables else OUTPUT_SCHEMA.empty_table()
+        return CombinedOutput(table=table, files=self._files, cross_file_duplicates=self._cross)
+
+
 def combine(results: Iterable[FileResult]) -> CombinedOutput:
-    """Concatenate file outputs in filter order; drop rows whose (company, date) another file
-    already supplied (two files can share a company name, e.g. `abc.us.csv` and `abc.uk.csv`)."""
+    """All file outputs joined in filter order (see `OutputCombiner`)."""
     files = list(results)
-    tables: list[pa.Table] = []
-    # Only companies fed by more than one file can collide; track just their dates.
-    shared = {c for c, n in Counter(f.company for f in files).items() if n > 1}
-    dates_by_company: dict[str, set[str]] = {}
-    cross: list[RejectedRow] = []
+    combiner = OutputCombiner(f.file_name for f in files)
     for f in files:
-        if f.table is None or f.table.num_rows == 0:
-            continue
-        table = f.table
-        if f.company not in shared:
-            pass
-        elif f.company in dates_by_company:
-            seen = dates_by_company[f.company]
-            dates = table["stock_date"].to_pylist()
-            keep = [d not in seen for d in dates]
-            for d, k in zip(dates, keep, strict=True):
-                if not k:
-                    cross.append(
-                        RejectedRow(
-                            f.file_name,
-                            0,
-                            f"duplicate (company_name, stock_date): {f.company} {d} "
-                            "already supplied by an earlier file",
-                            d,
-                        )
-                    )
-            table = table.filter(pa.array(keep))
-            f.table = table
-            seen.update(dates)
-        else:
-            dates_by_company[f.company] = set(table["stock_date"].to_pylist())
-        tables.append(table)
-    combined = pa.concat_tables(tables) if tables else OUTPUT_SCHEMA.empty_table()
-    return CombinedOutput(table=combined, files=files, cross_file_duplicates=cross)
+        combiner.add(f)
+    return combiner.result()
