@@ -229,18 +229,20 @@ def _write_rejects(
 
 
 def _csv_checks(
-    combined: Any,
+    combined: CombinedOutput,
+    profile: quality.OutputProfile,
     selected_files: int,
     skipped: list[FileResult],
     rejects: dict[str, str],
     settings: PipelineSettings,
 ) -> tuple[list[AssetCheckResult], int]:
-    """Every check on the CSV, from the data in hand; also returns the duplicate-key count."""
+    """Every check on the CSV, from the data in hand and the row-level findings gathered while
+    it was written (`profile`); also returns the duplicate-key count."""
     table = combined.table
     rows, rejected = table.num_rows, combined.rows_rejected
     read_ok = sum(1 for f in combined.files if not f.skip_reason)
-    duplicates = quality.duplicate_keys(table)
-    formats = quality.format_problems(table)
+    duplicates = profile.duplicates(table)
+    formats = profile.format_problems
     reject_share = rejected / combined.rows_read if combined.rows_read else 0.0
     by_reason = quality.rejects_by_reason(combined.rejected_rows)
     checks = [
@@ -291,9 +293,7 @@ def _csv_checks(
             quality.Finding(len(skipped), [f"{f.file_name}: {f.skip_reason}" for f in skipped]),
             kept_at=rejects.get("skipped_files", "none"),
         ),
-        finding_result(CSV, "open_zero_rows", quality.open_zero_rows(table)),
-        finding_result(CSV, "ohlc_consistency", quality.ohlc_inconsistencies(table)),
-        finding_result(CSV, "zero_volume", quality.zero_volume_rows(table)),
+        *(finding_result(CSV, name, found) for name, found in profile.findings.items()),
     ]  # fmt: skip
     return checks, duplicates.count
 
@@ -382,7 +382,7 @@ def _make_csv(
         mark = time.perf_counter()
         # Downloads (a thread pool, in order), transformation in batches, CSV chunks, and the
         # COPY of those chunks into the table (another thread) all overlap.
-        combined, csv_output = build_output(
+        combined, csv_output, profile = build_output(
             (
                 (key.rsplit("/", 1)[-1], body)
                 for key, body in map_objects(
@@ -405,7 +405,7 @@ def _make_csv(
         # Rejects are kept whatever happens next, so a failed run still shows what it refused.
         reject_uris = _write_rejects(client, bucket, context.run_id, skipped, combined)
         checks, duplicates = _csv_checks(
-            combined, len(company_filter.files), skipped, reject_uris, settings
+            combined, profile, len(company_filter.files), skipped, reject_uris, settings
         )
         checks.insert(0, limits)
         steps["combine_check_seconds"] = time.perf_counter() - mark
@@ -436,8 +436,8 @@ def _make_csv(
         )
         steps["write_seconds"] = time.perf_counter() - mark
         yield _csv_materialization(
-            bucket, combined, csv_output, len(company_filter.files), skipped, reject_uris,
-            checks, steps, started,
+            bucket, combined, csv_output, profile, len(company_filter.files), skipped,
+            reject_uris, checks, steps, started,
         )  # fmt: skip
         if load is not None and postgres is not None:
             try:
@@ -467,6 +467,7 @@ def _csv_materialization(
     bucket: str,
     combined: CombinedOutput,
     csv_output: CsvOutput,
+    profile: quality.OutputProfile,
     files_selected: int,
     skipped: list[FileResult],
     reject_uris: dict[str, str],
@@ -503,7 +504,7 @@ def _csv_materialization(
             "location": MetadataValue.url(s3_uri(bucket, OUTPUT_KEY)),
             "rejects": MetadataValue.json(reject_uris or {}),
             "rows_per_year": MetadataValue.md(
-                quality.markdown_bar_chart(quality.rows_per_year(combined.table), "year")
+                quality.markdown_bar_chart(dict(sorted(profile.rows_per_year.items())), "year")
             ),
             "preview": MetadataValue.md(
                 _markdown_table(OUTPUT_COLUMNS, [list(r.values()) for r in preview])

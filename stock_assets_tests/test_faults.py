@@ -155,6 +155,25 @@ def test_connection_cut_mid_copy_leaves_the_table_and_the_next_run_succeeds(
     assert sorted(table_rows(db)) == loaded[0]
 
 
+def test_connection_cut_mid_copy_in_a_full_run_publishes_the_csv_and_keeps_the_table(
+    loaded, pg_proxy, monkeypatch, s3_client, naming, db, local_stack
+):
+    # The full run loads the table while it writes the CSV. A changed input, so the new CSV
+    # differs from the one the table holds.
+    s3_client.delete_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}flhk.us.csv")
+    pg_proxy.on_bytes = _once_past(150_000, lambda proxy: proxy.cut())
+    result = run_job()
+    assert not result.success
+    assert pg_proxy.client_bytes > 150_000  # the COPY was well under way
+    # The CSV does not depend on the database: checked and published. The table: untouched.
+    assert b",flhk\n" not in output_bytes(s3_client, naming)
+    assert sorted(table_rows(db)) == loaded[0]
+    monkeypatch.setenv("STOCK_ASSETS_DATABASE_URL", local_stack.env["STOCK_ASSETS_DATABASE_URL"])
+    assert run_job().success
+    new_lines = output_bytes(s3_client, naming).decode().splitlines()
+    assert len(table_rows(db)) == len(new_lines) < len(loaded[0])
+
+
 def test_backend_killed_mid_copy_leaves_the_table(loaded, pg_proxy, db, local_stack):
     def kill_loader(_proxy: TcpToUnixProxy) -> None:
         admin = psycopg2.connect(local_stack.env["STOCK_ASSETS_DATABASE_URL"])

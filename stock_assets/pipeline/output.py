@@ -8,10 +8,12 @@ import io
 import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.csv as pv
 
+from stock_assets.pipeline.quality import OutputProfile
 from stock_assets.pipeline.transform import (
     OUTPUT_COLUMNS,
     CombinedOutput,
@@ -51,6 +53,7 @@ class CsvOutput:
     is handed to `forward` as soon as it exists, so a COPY into the table can run alongside the
     transformation instead of after it. `line_checksums`: also sum each line's CRC-32 (the
     content checksum the table is checked against) when nothing downstream computes it.
+    `on_batch` sees each chunk's rows as an Arrow table (for checks made on the way).
     """
 
     def __init__(
@@ -58,8 +61,10 @@ class CsvOutput:
         forward: Callable[[bytes], None] | None = None,
         rows_per_chunk: int = 100_000,
         line_checksums: bool = False,
+        on_batch: Callable[[pa.Table], object] | None = None,
     ) -> None:
         self._forward = forward
+        self._on_batch = on_batch
         self._rows_per_chunk = rows_per_chunk
         self._buffer = io.BytesIO()
         self._sha256 = hashlib.sha256()
@@ -82,7 +87,10 @@ class CsvOutput:
     def _flush(self) -> None:
         if not self._pending_rows:
             return
-        chunk = output_csv_bytes(pa.concat_tables(self._pending))
+        batch = pa.concat_tables(self._pending)
+        if self._on_batch is not None:
+            self._on_batch(batch)
+        chunk = output_csv_bytes(batch)
         self.rows += self._pending_rows
         self._pending, self._pending_rows = [], 0
         self._buffer.write(chunk)
@@ -111,21 +119,31 @@ def build_output(
     files: Iterable[tuple[str, bytes]],
     file_names: Sequence[str],
     forward: Callable[[bytes], None] | None = None,
-) -> tuple[CombinedOutput, CsvOutput]:
-    """Raw files (name, bytes), in filter order → the combined output and its CSV.
+) -> tuple[CombinedOutput, CsvOutput, OutputProfile]:
+    """Raw files (name, bytes), in filter order → the combined output, its CSV and its profile.
 
     One pass: each batch is transformed, joined and written as CSV before the next is read, and
-    each CSV chunk goes to `forward` at once (see `CsvOutput`). `file_names`: every name
-    `files` will yield (see `OutputCombiner`).
+    each CSV chunk goes to `forward` at once (see `CsvOutput`). The row-level checks
+    (`OutputProfile`) run on a worker thread, batch by batch, so they are done when the last
+    row is. `file_names`: every name `files` will yield (see `OutputCombiner`).
     """
     combiner = OutputCombiner(file_names)
-    csv_output = CsvOutput(forward=forward, line_checksums=forward is None)
-    for result in transform_files(files):
-        table = combiner.add(result)
-        if table is not None:
-            csv_output.add(table)
-    csv_output.close()
-    return combiner.result(), csv_output
+    profile = OutputProfile()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile") as checker:
+        profiled: list[Future[None]] = []
+        csv_output = CsvOutput(
+            forward=forward,
+            line_checksums=forward is None,
+            on_batch=lambda batch: profiled.append(checker.submit(profile.add, batch)),
+        )
+        for result in transform_files(files):
+            table = combiner.add(result)
+            if table is not None:
+                csv_output.add(table)
+        csv_output.close()
+        for done in profiled:
+            done.result()  # re-raise a failure of the profiling
+    return combiner.result(), csv_output, profile
 
 
 def content_fingerprint(data: bytes) -> str:

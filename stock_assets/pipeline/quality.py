@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 from stock_assets.pipeline.transform import PRICE_COLUMNS, RejectedRow
 
 EXAMPLES = 5
+# A number as the output writes it (Python's float repr), for the format check.
+_NUMBER = r"^-?(\d+\.\d+(e[-+]\d+)?|\d(\.\d+)?e[-+]\d+)$"
 _PRICE_OUTPUT = ["open_value", "high_value", "low_value", "close_value"]
 
 
@@ -42,12 +44,37 @@ def _examples(table: pa.Table, mask: pa.Array, columns: list[str]) -> list[str]:
 
 def duplicate_keys(table: pa.Table) -> Finding:
     """(company_name, stock_date) pairs that occur more than once."""
+    return _duplicates_among(table, _row_keys(table, {}))
+
+
+_DAY_BITS = 23  # days from 1970 for years 1..9999 lie within ±2**22
+
+
+def _row_keys(table: pa.Table, company_ids: dict[str, int], first_row: int = 0) -> np.ndarray:
+    """One int64 per row for (company, date): integer keys sort far faster than two string
+    columns. `company_ids` numbers the companies (kept across batches for the same numbers). A
+    row whose date does not parse (formats_valid reports it) gets a key of its own, negative."""
     if table.num_rows == 0:
-        return Finding(0)
-    # Integer keys (company index × days) sort far faster than two string columns.
-    company = pc.dictionary_encode(table["company_name"]).combine_chunks().indices
-    days = pc.cast(pc.cast(table["stock_date"], pa.date32()), pa.int32())
-    keys = company.to_numpy().astype(np.int64) * 1_000_000 + days.to_numpy()
+        return np.empty(0, np.int64)
+    company = pc.dictionary_encode(table["company_name"]).combine_chunks()
+    ids = np.array(
+        [company_ids.setdefault(name, len(company_ids)) for name in company.dictionary.to_pylist()],
+        dtype=np.int64,
+    )
+    dates = table["stock_date"]
+    try:
+        days = pc.cast(pc.cast(dates, pa.date32()), pa.int32())
+    except pa.ArrowInvalid:
+        parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
+        days = pc.cast(pc.cast(parsed, pa.date32()), pa.int32())
+    valid = pc.is_valid(days).to_numpy(zero_copy_only=False)
+    day_numbers = pc.fill_null(days, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    keys = (ids[company.indices.to_numpy()] << _DAY_BITS) + day_numbers + (1 << (_DAY_BITS - 1))
+    rows = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
+    return np.where(valid, keys, -1 - rows)
+
+
+def _duplicates_among(table: pa.Table, keys: np.ndarray) -> Finding:
     unique, counts = np.unique(keys, return_counts=True)
     repeated = np.flatnonzero(counts > 1)
     if len(repeated) == 0:
@@ -94,7 +121,7 @@ def format_problems(table: pa.Table) -> dict[str, Finding]:
             pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), dates),
         ),
     )
-    number = r"^-?(\d+\.\d+(e[-+]\d+)?|\d(\.\d+)?e[-+]\d+)$"
+    number = _NUMBER
     for column in [*_PRICE_OUTPUT, "value_change"]:
         bad(column, pc.match_substring_regex(table[column], number))
     percent = table["daily_percent_change"]
@@ -106,15 +133,23 @@ def format_problems(table: pa.Table) -> dict[str, Finding]:
     return problems
 
 
+def _as_float(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text → float64; a value that is not a number becomes null (formats_valid reports it)."""
+    try:
+        return pc.cast(text, pa.float64())
+    except pa.ArrowInvalid:
+        numeric = pc.fill_null(pc.match_substring_regex(text, _NUMBER), False)
+        return pc.cast(pc.if_else(numeric, text, pa.scalar(None, pa.string())), pa.float64())
+
+
 def _floats(table: pa.Table) -> dict[str, pa.ChunkedArray]:
     return {
-        raw: pc.cast(table[out], pa.float64())
-        for raw, out in zip(PRICE_COLUMNS, _PRICE_OUTPUT, strict=True)
+        raw: _as_float(table[out]) for raw, out in zip(PRICE_COLUMNS, _PRICE_OUTPUT, strict=True)
     }
 
 
 def open_zero_rows(table: pa.Table) -> Finding:
-    mask = pc.equal(pc.cast(table["open_value"], pa.float64()), 0.0)
+    mask = pc.fill_null(pc.equal(_as_float(table["open_value"]), 0.0), False)
     return Finding(
         int(pc.sum(mask).as_py() or 0), _examples(table, mask, ["company_name", "stock_date"])
     )
@@ -140,6 +175,53 @@ def zero_volume_rows(table: pa.Table) -> Finding:
     return Finding(
         int(pc.sum(mask).as_py() or 0), _examples(table, mask, ["company_name", "stock_date"])
     )
+
+
+def _merge(total: Finding | None, part: Finding) -> Finding:
+    if total is None:
+        return Finding(part.count, part.examples[:EXAMPLES])
+    examples = (total.examples + part.examples)[:EXAMPLES]
+    return Finding(total.count + part.count, examples)
+
+
+class OutputProfile:
+    """The output's row-level findings, gathered batch by batch while the output is being made.
+
+    `add` each batch in output order (a worker thread can do it: the Arrow and numpy work
+    releases the GIL); once the last is in, `findings` and `format_problems` hold the same
+    counts and first examples the whole-table functions give, and `duplicates(table)` needs
+    only a sort of the keys gathered on the way.
+    """
+
+    ROW_FINDINGS = {
+        "open_zero_rows": open_zero_rows,
+        "ohlc_consistency": ohlc_inconsistencies,
+        "zero_volume": zero_volume_rows,
+    }
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.findings: dict[str, Finding] = {name: Finding(0) for name in self.ROW_FINDINGS}
+        self.format_problems: dict[str, Finding] = {}
+        self.rows_per_year: Counter[str] = Counter()
+        self._company_ids: dict[str, int] = {}
+        self._keys: list[np.ndarray] = []
+
+    def add(self, batch: pa.Table) -> None:
+        for name, finding in self.ROW_FINDINGS.items():
+            self.findings[name] = _merge(self.findings[name], finding(batch))
+        for column, problem in format_problems(batch).items():
+            self.format_problems[column] = _merge(self.format_problems.get(column), problem)
+        self.rows_per_year.update(rows_per_year(batch))
+        self._keys.append(_row_keys(batch, self._company_ids, self.rows))
+        self.rows += batch.num_rows
+
+    def duplicates(self, table: pa.Table) -> Finding:
+        """Duplicate keys of `table`: the concatenation of every batch added, in order."""
+        keys = np.concatenate(self._keys) if self._keys else np.empty(0, np.int64)
+        if len(keys) != table.num_rows:
+            raise ValueError(f"{len(keys)} rows profiled, the table has {table.num_rows}")
+        return _duplicates_among(table, keys)
 
 
 def rejects_by_reason(rows: Iterable[RejectedRow]) -> dict[str, int]:

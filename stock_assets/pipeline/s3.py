@@ -93,26 +93,3 @@ def map_objects(
 
 def s3_uri(bucket: str, key: str = "") -> str:
     return f"s3://{bucket}/{key}"
-
-
-# --- the bytes of an object this process just wrote ---------------------------------------
-# The CSV asset writes Output/historical_stock_data.csv and the table asset, next in the same run
-# process (in-process executor), loads it. Downloading 175 MB we still hold costs a second or
-# more on a busy endpoint; so the writer leaves the bytes here and the reader takes them, but
-# only if the object's ETag is still the one the PUT returned (same object, same content).
-_written: dict[tuple[str, str], tuple[str, bytes]] = {}
-
-
-def remember_written(bucket: str, key: str, etag: str, body: bytes) -> None:
-    """Keep `body` (just PUT as bucket/key, answered with `etag`) for `take_written`."""
-    _written.clear()  # one object at most: it is large
-    _written[(bucket, key)] = (etag, body)
-
-
-def take_written(bucket: str, key: str, etag: str) -> bytes | None:
-    """The bytes remembered for bucket/key if its current ETag is `etag`; None otherwise.
-    Either way they are forgotten: each write is handed over once."""
-    remembered = _written.pop((bucket, key), None)
-    if remembered is None or remembered[0] != etag:
-        return None
-    return remembered[1]

@@ -1,0 +1,179 @@
+"""The one-pass output path: CSV built batch by batch, checks gathered on the way, and the
+table loaded while the CSV is still being made (PipelinedLoad) — on the real PostgreSQL."""
+
+import io
+from contextlib import contextmanager
+from datetime import date, timedelta
+
+import psycopg2
+import pyarrow as pa
+import pytest
+
+from stock_assets.pipeline import quality
+from stock_assets.pipeline.load import LoadCheckFailed, PipelinedLoad, load_csv
+from stock_assets.pipeline.output import (
+    CsvOutput,
+    build_output,
+    content_fingerprint,
+    csv_lines,
+    output_csv_bytes,
+)
+from stock_assets.pipeline.transform import combine, transform_files
+from stock_assets_tests.conftest import sample_files, table_rows
+
+SHIFTED = (
+    b"Date,Open,High,Low,Close,Volume,OpenInt\n"
+    b"2010-01-04,0,9,8,8.5,0,0\n"  # Open = 0, zero volume
+    b"2010-01-05,85,9,8,8.7,10,0\n"  # a decimal shift: Open far above High
+)
+
+
+def _files() -> list[tuple[str, bytes]]:
+    # Real samples, a file with an Open of 0, a decimal shift and a zero volume, and a second
+    # file for the same company (cross-file duplicate dates).
+    files = sample_files()
+    return [*files, ("shift.us.csv", SHIFTED), ("shift.uk.csv", SHIFTED)]
+
+
+@contextmanager
+def _closing(conn):
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _connect(url: str):
+    return lambda: _closing(psycopg2.connect(url))
+
+
+def test_one_pass_output_equals_the_whole_table_path():
+    files = _files()
+    chunks: list[bytes] = []
+    combined, csv_output, profile = build_output(
+        iter(files), [name for name, _ in files], forward=chunks.append
+    )
+    reference = combine(transform_files(files))
+    body = output_csv_bytes(reference.table)
+    # Same bytes whether written at once or in chunks (each chunk whole lines).
+    assert csv_output.getvalue() == body == b"".join(chunks)
+    assert all(chunk.endswith(b"\n") for chunk in chunks)
+    assert csv_output.rows == reference.table.num_rows == combined.table.num_rows
+    assert csv_output.fingerprint == content_fingerprint(body)
+    assert csv_output.size == len(body)
+    assert len(combined.cross_file_duplicates) == 2  # shift.uk.csv repeats shift.us.csv's dates
+
+
+def test_findings_gathered_batch_by_batch_equal_the_whole_table_ones():
+    files = _files()
+    # Tiny chunks: many batches, so merging across batches is what is tested.
+    table = combine(transform_files(files)).table
+    profile = quality.OutputProfile()
+    for start in range(0, table.num_rows, 7):
+        profile.add(table.slice(start, 7))
+    assert profile.findings["open_zero_rows"] == quality.open_zero_rows(table)
+    assert profile.findings["ohlc_consistency"] == quality.ohlc_inconsistencies(table)
+    assert profile.findings["zero_volume"] == quality.zero_volume_rows(table)
+    opens = table["open_value"].to_pylist()
+    assert profile.findings["open_zero_rows"].count == sum(float(v) == 0 for v in opens) >= 1
+    assert profile.format_problems == quality.format_problems(table) == {}
+    assert dict(profile.rows_per_year) == quality.rows_per_year(table)
+    assert profile.duplicates(table) == quality.duplicate_keys(table)
+
+
+def test_duplicates_and_format_problems_are_found_across_batches():
+    rows = {
+        "stock_date": ["2020-01-02", "2020-01-03", "2020-01-02", "20-01-04"],
+        "open_value": ["1.0", "1.0", "1.0", "x"],
+        "high_value": ["1.0"] * 4,
+        "low_value": ["1.0"] * 4,
+        "close_value": ["1.0"] * 4,
+        "volume_traded": ["1"] * 4,
+        "daily_percent_change": ["0.0"] * 4,
+        "value_change": ["0.0"] * 4,
+        "company_name": ["a", "a", "a", "b"],
+    }
+    table = pa.table(rows)
+    profile = quality.OutputProfile()
+    profile.add(table.slice(0, 2))
+    profile.add(table.slice(2, 1))
+    profile.add(table.slice(3, 1))
+    dup = profile.duplicates(table)
+    assert dup.count == 1 and dup.examples == ["company_name=a, stock_date=2020-01-02"]
+    assert set(profile.format_problems) == {"stock_date", "open_value"}
+    assert profile.format_problems == quality.format_problems(table)
+
+
+def test_pipelined_load_commits_exactly_the_streamed_csv(clean_stack, db):
+    body = CsvOutput()
+    body.add(combine(transform_files(_files())).table)
+    body.close()
+    data = body.getvalue()
+    url = clean_stack.env["STOCK_ASSETS_DATABASE_URL"]
+    with PipelinedLoad(_connect(url)) as load:
+        for start in range(0, len(data), 1000):  # chunks that cut lines anywhere
+            load.write(data[start : start + 1000])
+        load.finish(body.rows)
+        assert load.streamed_crc32 == quality.line_checksum(csv_lines(data))
+        result = load.commit(csv_duplicates=0)
+    assert result.rows_loaded == body.rows
+    assert {o.name: o.passed for o in result.checks} == {
+        "table_matches_csv": True,
+        "table_no_duplicate_keys": True,
+    }
+    lines = sorted(tuple(line.split(",")) for line in data.decode().splitlines())
+    assert sorted(tuple(v or "" for v in row) for row in table_rows(db)) == lines
+
+
+def _load_old_rows(url: str) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        load_csv(conn, io.BytesIO(b"2001-01-02,1.0,1.0,1.0,1.0,1,0.0,0.0,old\n"))
+    finally:
+        conn.close()
+    return [("2001-01-02", "1.0", "1.0", "1.0", "1.0", "1", "0.0", "0.0", "old")]
+
+
+def test_a_failure_after_the_copy_leaves_the_table_as_it_was(clean_stack, db):
+    url = clean_stack.env["STOCK_ASSETS_DATABASE_URL"]
+    before = _load_old_rows(url)
+    with pytest.raises(RuntimeError, match="upload failed"), PipelinedLoad(_connect(url)) as load:
+        load.write(b"2020-01-02,1.0,1.0,1.0,1.0,1,0.0,0.0,new\n")
+        load.finish(1)
+        raise RuntimeError("upload failed")  # e.g. the CSV's PUT, before commit
+    assert table_rows(db) == before
+
+
+def test_a_wrong_row_count_fails_the_check_and_rolls_back(clean_stack, db):
+    url = clean_stack.env["STOCK_ASSETS_DATABASE_URL"]
+    before = _load_old_rows(url)
+    with PipelinedLoad(_connect(url)) as load:
+        load.write(b"2020-01-02,1.0,1.0,1.0,1.0,1,0.0,0.0,new\n")
+        load.finish(2)
+        with pytest.raises(LoadCheckFailed, match="table would hold 1 rows, the CSV has 2"):
+            load.commit(csv_duplicates=0)
+    assert table_rows(db) == before
+
+
+def test_a_database_that_is_down_fails_only_at_commit(clean_stack):
+    def connect():
+        return psycopg2.connect("postgresql://postgres@127.0.0.1:1/postgres", connect_timeout=2)
+
+    with PipelinedLoad(lambda: _closing(connect())) as load:
+        assert isinstance(load.error, psycopg2.OperationalError)
+        load.write(b"anything\n")  # the producer carries on
+        load.finish(1)
+        with pytest.raises(psycopg2.OperationalError):
+            load.commit(csv_duplicates=0)
+
+
+def test_far_apart_dates_of_different_companies_are_not_duplicates():
+    far = date(1970, 1, 1) + timedelta(days=932_896)  # 2 companies × 1e6 days below 9999-12-31
+    table = pa.table(
+        {
+            "stock_date": ["9999-12-31", "2000-01-01", far.isoformat()],
+            "company_name": ["a", "b", "c"],
+        }
+    )
+    assert quality.duplicate_keys(table).count == 0
+    assert quality.duplicate_keys(pa.concat_tables([table, table])).count == 3
