@@ -396,9 +396,11 @@ def _make_csv(
             [o.name for o in selected],
             forward=load.write if load is not None and load.error is None else None,
         )
-        if load is not None:
-            load.finish(csv_output.rows)  # the table's content check now runs on the server
         steps["read_transform_seconds"] = time.perf_counter() - mark
+        if load is not None:
+            mark = time.perf_counter()
+            load.finish(csv_output.rows)  # the table's content check now runs on the server
+            steps["copy_tail_seconds"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         skipped = missing + combined.skipped_files
