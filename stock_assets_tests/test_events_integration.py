@@ -356,6 +356,7 @@ def storm(deployment: DagsterDeployment) -> dict[str, Any]:
         "runs": runs,
         "statuses": statuses,
         "ticks": storm_ticks,
+        "started": started,
     }
 
 
@@ -381,8 +382,14 @@ def test_a_marker_storm_runs_every_marker_exactly_once(deployment, storm, s3_cli
     head = s3_client.head_object(Bucket=NAMING.source_bucket, Key=OUTPUT_KEY)
     assert len(rows) == len(set(rows)) == int(head["Metadata"]["row-count"])
     assert len({(r[8], r[0]) for r in rows}) == len(rows)  # (company_name, stock_date) unique
-    # The sensor never failed and the daemon is still up.
-    failed = [t for t in ticks(deployment, "success_marker_sensor") if t["status"] == "FAILURE"]
+    # The sensor never failed during the storm and the daemon is still up. (Earlier ticks are
+    # not the storm's: the restart test's SIGINT can land while a tick is starting, and Dagster
+    # records that tick as failed, "Location stock_assets does not exist in workspace".)
+    failed = [
+        t
+        for t in ticks(deployment, "success_marker_sensor")
+        if t["status"] == "FAILURE" and t["timestamp"] >= storm["started"]
+    ]
     assert failed == [] and daemon_alive(deployment)
 
 
