@@ -394,7 +394,7 @@ def _make_csv(
                 )
             ),
             [o.name for o in selected],
-            forward=load.write if load is not None and load.error is None else None,
+            forward=load.write if load is not None else None,
         )
         steps["read_transform_seconds"] = time.perf_counter() - mark
         if load is not None:

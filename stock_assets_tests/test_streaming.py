@@ -160,9 +160,10 @@ def test_a_database_that_is_down_fails_only_at_commit(clean_stack):
         return psycopg2.connect("postgresql://postgres@127.0.0.1:1/postgres", connect_timeout=2)
 
     with PipelinedLoad(lambda: _closing(connect())) as load:
-        assert isinstance(load.error, psycopg2.OperationalError)
-        load.write(b"anything\n")  # the producer carries on
+        load.write(b"anything\n")  # the producer carries on, never blocked
         load.finish(1)
+        assert isinstance(load.error, psycopg2.OperationalError)
+        assert load.streamed_crc32 is None
         with pytest.raises(psycopg2.OperationalError):
             load.commit(csv_duplicates=0)
 

@@ -232,27 +232,27 @@ def load_csv(
 
 
 class BackgroundCopy:
-    """`TableLoad.copy` in a worker thread, fed chunk by chunk from the caller's thread.
+    """A COPY (`run`, given a file object to read) in a worker thread, fed chunk by chunk from
+    the caller's thread.
 
     The producer (the transformation) calls `write` for each chunk of CSV as it is made and
     `finish` at the end; meanwhile the worker streams the chunks to the server. The queue is
-    bounded, so a slow server slows the producer down rather than filling memory. If the COPY
+    bounded, so a slow server slows the producer down rather than filling memory. If the worker
     fails, `write` stops queueing (the producer carries on with its own work) and `finish`
-    raises the COPY's error. `reader` checksums exactly the bytes COPY consumed.
+    raises the worker's error.
     """
 
-    def __init__(self, load: TableLoad, server_algorithm: str = "crc32", max_chunks: int = 8):
+    def __init__(self, run: Callable[[IO[bytes]], int], max_chunks: int = 8) -> None:
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max_chunks)
-        self.reader = ChecksummingReader(_QueueReader(self._queue), server_algorithm)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="copy")
-        self._future: Future[int] = self._pool.submit(load.copy, self.reader)
+        self._future: Future[int] = self._pool.submit(run, _QueueReader(self._queue))
 
     def write(self, chunk: bytes) -> None:
         if chunk:
             self._put(chunk)
 
     def finish(self) -> int:
-        """End of data: waits for COPY; returns its row count or raises its error."""
+        """End of data: waits for the worker; returns its result or raises its error."""
         self._put(b"")
         try:
             return self._future.result()
@@ -260,14 +260,14 @@ class BackgroundCopy:
             self._pool.shutdown(wait=False)
 
     def abandon(self) -> None:
-        """Stop feeding (the caller gave up): COPY ends and the worker exits; the transaction is
-        then rolled back by the TableLoad. Harmless after `finish`."""
+        """Stop feeding (the caller gave up): COPY ends and the worker exits. Harmless after
+        `finish`."""
         self._put(b"")
         concurrent.futures.wait([self._future])
         self._pool.shutdown(wait=False)
 
     def _put(self, chunk: bytes) -> None:
-        while not self._future.done():  # a failed COPY reads nothing more: do not block on it
+        while not self._future.done():  # a failed worker reads nothing more: do not block on it
             try:
                 self._queue.put(chunk, timeout=0.2)
                 return
@@ -289,10 +289,12 @@ class PipelinedLoad:
     """Loads the output into the table while the output is still being made; commits only when
     told, after the caller's own checks and writes have succeeded.
 
-    `write` takes CSV chunks as they are produced (see `BackgroundCopy`); `finish` ends the COPY
-    and starts the content check on the server in the background, so it overlaps whatever the
-    caller does next (its checks on the CSV, the upload); `commit` waits for it, adds the
-    duplicate-key check and commits. Leaving the block without `commit` rolls back.
+    Entering starts a worker that connects, opens the load's transaction (see `TableLoad`) and
+    COPYs the chunks `write` hands it as they are produced (see `BackgroundCopy`); the caller
+    does not wait for any of that. `finish` ends the COPY and starts the content check on the
+    server in the background, so it overlaps whatever the caller does next (its checks on the
+    CSV, the upload); `commit` waits for it, adds the duplicate-key check and commits. Leaving
+    the block without `commit` rolls back.
 
     A failure on the table's side (connecting, the COPY) is kept and raised by `commit`, not
     before: the caller's other output (the CSV object) does not depend on the database.
@@ -307,47 +309,48 @@ class PipelinedLoad:
         self._connect = connect
         self._table = table
         self._lock_timeout = lock_timeout
-        self._stack = ExitStack()
+        self._database = ExitStack()  # the connection and the transaction, opened by the worker
         self._copy: BackgroundCopy | None = None
         self._load: TableLoad | None = None
+        self._reader: ChecksummingReader | None = None
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-check")
         self._checking: Future[list[CheckOutcome]] | None = None
         self.error: BaseException | None = None
         self.connection: Any = None
 
     def __enter__(self) -> PipelinedLoad:
-        try:
-            conn = self.connection = self._stack.enter_context(self._connect())
-            self._load = self._stack.enter_context(TableLoad(conn, self._table, self._lock_timeout))
-            self._copy = BackgroundCopy(self._load, checksum_algorithm(conn.server_version))
-            self._stack.callback(self._copy.abandon)  # runs before the rollback
-        except psycopg2.Error as err:
-            self._fail(err)
+        self._copy = BackgroundCopy(self._open_and_copy)
         return self
 
+    def _open_and_copy(self, chunks: IO[bytes]) -> int:
+        conn = self.connection = self._database.enter_context(self._connect())
+        self._load = self._database.enter_context(TableLoad(conn, self._table, self._lock_timeout))
+        self._reader = ChecksummingReader(chunks, checksum_algorithm(conn.server_version))
+        return self._load.copy(self._reader)
+
     def write(self, chunk: bytes) -> None:
-        if self._copy is not None and self.error is None:
+        if self._copy is not None:
             self._copy.write(chunk)
 
     def finish(self, expected_rows: int) -> None:
         """All chunks written: end the COPY; check the table against the streamed CSV."""
-        if self._copy is None or self._load is None or self.error is not None:
+        if self._copy is None:
             return
         try:
             self._copy.finish()
         except psycopg2.Error as err:
             self._fail(err)
             return
-        matches = check_table_matches_csv(expected_rows, None, self._copy.reader)
-        self._checking = self._stack.enter_context(
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-check")
-        ).submit(self._load.check, [matches])
+        assert self._load is not None and self._reader is not None
+        matches = check_table_matches_csv(expected_rows, None, self._reader)
+        self._checking = self._checker.submit(self._load.check, [matches])
 
     @property
     def streamed_crc32(self) -> int | None:
         """The per-line CRC-32 sum of the bytes COPY consumed (None: no COPY completed)."""
-        if self._checking is None or self._copy is None:
+        if self._checking is None or self._reader is None:
             return None
-        return self._copy.reader.checksums["crc32"]
+        return self._reader.checksums["crc32"]
 
     def commit(self, csv_duplicates: int | None, deep: bool = False) -> LoadResult:
         """Raise the table side's failure if there was one; else finish the checks and COMMIT."""
@@ -363,10 +366,15 @@ class PipelinedLoad:
         self.error = err
         self._copy = None
         with contextlib.suppress(psycopg2.Error):
-            self._stack.close()  # roll back and disconnect now; nothing more goes there
+            self._database.close()  # roll back and disconnect now; nothing more goes there
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stack.__exit__(*exc_info)
+        # The worker first (it may hold the connection in COPY), then the rollback unless
+        # committed, then the connection.
+        if self._copy is not None:
+            self._copy.abandon()
+        self._checker.shutdown(wait=True)
+        self._database.__exit__(*exc_info)
 
 
 def preview_rows(conn: Any, limit: int = 5, table: str = TABLE_NAME) -> list[tuple]:

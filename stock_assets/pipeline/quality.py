@@ -293,7 +293,8 @@ class ChecksummingReader:
                 self._add([self._tail])
                 self._tail = b""
             return data
-        lines = (self._tail + data).split(b"\n")
+        lines = data.split(b"\n")  # not (tail + data): that would copy every chunk once more
+        lines[0] = self._tail + lines[0]
         self._tail = lines.pop()
         self._add(lines)
         return data
