@@ -85,7 +85,9 @@ class NotificationError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class CheckOutcome:
+class ReportedCheck:
+    """One asset check's result as the email reports it (read back from the run's events)."""
+
     asset: str
     name: str
     passed: bool
@@ -127,7 +129,7 @@ class RunReport:
     started: datetime | None = None
     ended: datetime | None = None
     numbers: RunNumbers = field(default_factory=RunNumbers)
-    checks: Sequence[CheckOutcome] = ()
+    checks: Sequence[ReportedCheck] = ()
     step_errors: Sequence[StepError] = ()
     # The run-level failure message, used when no step failed (e.g. the run worker died).
     run_failure_message: str | None = None
@@ -262,7 +264,7 @@ def _data_lines(numbers: RunNumbers) -> list[str]:
     return lines
 
 
-def _check_lines(checks: Sequence[CheckOutcome]) -> list[str]:
+def _check_lines(checks: Sequence[ReportedCheck]) -> list[str]:
     if not checks:
         return ["Asset checks", "  none ran in this run"]
     failed = [c for c in checks if not c.passed]

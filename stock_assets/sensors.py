@@ -48,8 +48,8 @@ from stock_assets.notifications import (
     NOTIFICATION_TAG,
     TRIGGER_MARKER,
     TRIGGER_TAG,
-    CheckOutcome,
     NotificationError,
+    ReportedCheck,
     RunNumbers,
     RunReport,
     StepError,
@@ -249,7 +249,7 @@ def run_numbers(instance: DagsterInstance, run_id: str, table: str) -> RunNumber
     )
 
 
-def check_outcomes(instance: DagsterInstance, run_id: str) -> list[CheckOutcome]:
+def check_outcomes(instance: DagsterInstance, run_id: str) -> list[ReportedCheck]:
     records = instance.get_records_for_run(
         run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
     ).records
@@ -260,7 +260,7 @@ def check_outcomes(instance: DagsterInstance, run_id: str) -> list[CheckOutcome]
         if evaluation is None:
             continue
         outcomes.append(
-            CheckOutcome(
+            ReportedCheck(
                 asset=evaluation.asset_key.to_user_string(),
                 name=evaluation.check_name,
                 passed=evaluation.passed,
