@@ -99,10 +99,9 @@ def check_table_matches_csv(
     """
 
     def check(cursor: Any, table: str) -> CheckOutcome:
-        rows = count_rows(cursor, table)
         algorithm = reader.server_algorithm
         cursor.execute(sql.SQL(table_checksum_sql(algorithm)).format(table=sql.Identifier(table)))
-        table_checksum = int(cursor.fetchone()[0])
+        rows, table_checksum = (int(value) for value in cursor.fetchone())
         streamed = reader.checksums
         metadata: dict[str, Any] = {
             "table_rows": rows,

@@ -316,5 +316,6 @@ _TABLE_HASHES = {
 
 
 def table_checksum_sql(algorithm: str) -> str:
-    """The same sum on the server, each row printed as its CSV line (NULL → empty)."""
-    return f"SELECT coalesce(sum({_TABLE_HASHES[algorithm]}), 0) FROM {{table}}"
+    """The row count and the same sum on the server, each row printed as its CSV line (NULL →
+    empty), in one scan of the table."""
+    return f"SELECT count(*), coalesce(sum({_TABLE_HASHES[algorithm]}), 0) FROM {{table}}"
