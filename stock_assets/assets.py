@@ -373,12 +373,8 @@ def _make_csv(
         if f not in listing
     ]
 
-    with contextlib.ExitStack() as stack:
-        load = (
-            stack.enter_context(PipelinedLoad(postgres.connect, postgres.table))
-            if postgres is not None
-            else None
-        )
+    table_load = PipelinedLoad(postgres.connect, postgres.table) if postgres is not None else None
+    with table_load or contextlib.nullcontext() as load:
         mark = time.perf_counter()
         # Downloads (a thread pool, in order), transformation in batches, CSV chunks, and the
         # COPY of those chunks into the table (another thread) all overlap.
