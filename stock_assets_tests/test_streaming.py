@@ -178,3 +178,14 @@ def test_far_apart_dates_of_different_companies_are_not_duplicates():
     )
     assert quality.duplicate_keys(table).count == 0
     assert quality.duplicate_keys(pa.concat_tables([table, table])).count == 3
+
+
+def test_csv_written_alone_sums_its_line_checksums_as_the_table_side_would():
+    table = combine(transform_files(_files())).table
+    alone = CsvOutput(line_checksums=True, rows_per_chunk=50)  # many chunks
+    for start in range(0, table.num_rows, 30):
+        alone.add(table.slice(start, 30))
+    alone.close()
+    body = alone.getvalue()
+    assert body == output_csv_bytes(table)
+    assert alone.crc32 == quality.line_checksum(csv_lines(body)) != 0

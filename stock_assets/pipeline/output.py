@@ -6,14 +6,13 @@ import csv
 import hashlib
 import io
 import itertools
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.csv as pv
 
-from stock_assets.pipeline.quality import OutputProfile
+from stock_assets.pipeline.quality import OutputProfile, line_checksum
 from stock_assets.pipeline.transform import (
     OUTPUT_COLUMNS,
     CombinedOutput,
@@ -97,7 +96,7 @@ class CsvOutput:
         self.size += len(chunk)
         self._sha256.update(chunk)
         if self.crc32 is not None:
-            self.crc32 += sum(map(zlib.crc32, chunk[:-1].split(b"\n")))
+            self.crc32 += line_checksum(chunk[:-1].split(b"\n"))  # a chunk is whole lines
         if self._forward is not None:
             self._forward(chunk)
 
