@@ -206,6 +206,7 @@ class TableLoad:
         return LoadResult(self.table, self.rows_before, self.rows_loaded, seconds, self.outcomes)
 
     def __exit__(self, *exc_info: object) -> None:
+        self._cursor.close()
         if self._committed:
             return
         try:

@@ -103,7 +103,7 @@ class CsvOutput:
     @property
     def fingerprint(self) -> str:
         """`content_fingerprint` of the bytes written so far."""
-        return self._sha256.hexdigest()[:16]
+        return _short_digest(self._sha256)
 
     def body(self) -> io.BytesIO:
         """The whole CSV as a file object at its start (for an upload: no extra copy)."""
@@ -147,7 +147,11 @@ def build_output(
 
 def content_fingerprint(data: bytes) -> str:
     """A short, stable fingerprint of the CSV's bytes (shown in the UI, used as data version)."""
-    return hashlib.sha256(data).hexdigest()[:16]
+    return _short_digest(hashlib.sha256(data))
+
+
+def _short_digest(digest: hashlib._Hash) -> str:
+    return digest.hexdigest()[:16]
 
 
 def _csv_text(header: list[str], rows: Iterable[list[object]]) -> bytes:

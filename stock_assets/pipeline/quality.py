@@ -121,13 +121,12 @@ def format_problems(table: pa.Table) -> dict[str, Finding]:
             pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), dates),
         ),
     )
-    number = _NUMBER
     for column in [*_PRICE_OUTPUT, "value_change"]:
-        bad(column, pc.match_substring_regex(table[column], number))
+        bad(column, pc.match_substring_regex(table[column], _NUMBER))
     percent = table["daily_percent_change"]
     bad(
         "daily_percent_change",
-        pc.or_kleene(pc.is_null(percent), pc.match_substring_regex(percent, number)),
+        pc.or_kleene(pc.is_null(percent), pc.match_substring_regex(percent, _NUMBER)),
     )
     bad("volume_traded", pc.match_substring_regex(table["volume_traded"], r"^\d+$"))
     return problems
