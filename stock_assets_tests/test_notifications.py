@@ -225,10 +225,8 @@ def test_success_sensor_sends_one_actionable_message(seeded_stack, topic, naming
     assert tags[NOTIFICATION_TAG] == "sent" and tags[NOTIFICATION_ID_TAG] == sent.message_id
 
 
-def test_failure_sensor_reports_the_failing_step_and_its_error(
-    seeded_stack, topic, naming, s3_client
-):
-    s3_client.delete_object(Bucket=naming.source_bucket, Key=FILTER_KEY)
+def failure_email_of_a_run(stack, naming):
+    """Run the job (expected to fail), let the failure sensor react; the one email it sent."""
     instance = DagsterInstance.ephemeral()
     result = run_job(instance)
     assert not result.success
@@ -236,8 +234,15 @@ def test_failure_sensor_reports_the_failing_step_and_its_error(
         instance, result, result.get_run_failure_event(), "sns_on_pipeline_failure", naming
     ) as context:
         sns_on_pipeline_failure(context)
+    [sent] = inbox(stack, naming)
+    return sent
 
-    [sent] = inbox(seeded_stack, naming)
+
+def test_failure_sensor_reports_the_failing_step_and_its_error(
+    seeded_stack, topic, naming, s3_client
+):
+    s3_client.delete_object(Bucket=naming.source_bucket, Key=FILTER_KEY)
+    sent = failure_email_of_a_run(seeded_stack, naming)
     assert sent.subject == "Dora_Explorer_Pipeline_Failure"
     assert "stock_pipeline_job FAILED" in sent.message
     assert (
@@ -276,15 +281,7 @@ def test_unexpected_error_is_reported_unwrapped(seeded_stack, topic, naming, mon
     monkeypatch.setenv(
         "STOCK_ASSETS_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     )
-    instance = DagsterInstance.ephemeral()
-    result = run_job(instance)
-    assert not result.success
-    with sensor_context(
-        instance, result, result.get_run_failure_event(), "sns_on_pipeline_failure", naming
-    ) as context:
-        sns_on_pipeline_failure(context)
-
-    [sent] = inbox(seeded_stack, naming)
+    sent = failure_email_of_a_run(seeded_stack, naming)
     assert "step historical_stock_data: OperationalError: connection to server" in sent.message
     assert "DagsterExecutionStepExecutionError" not in sent.message
     # What did happen before the failure is still reported.
