@@ -158,6 +158,17 @@ def _string_bytes(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets, chars
 
 
+def _whole_file_read_options(data: bytes) -> pv.ReadOptions:
+    """Raw columns by name, the header skipped, and one block per file, so a single very long
+    line is parsed, not refused."""
+    return pv.ReadOptions(
+        column_names=RAW_COLUMNS,
+        skip_rows=1,
+        use_threads=False,
+        block_size=max(len(data) + 1, 1 << 16),
+    )
+
+
 def _read_raw_csv(data: bytes, file_name: str) -> tuple[pa.Table, list[RejectedRow]]:
     """Parse the data lines as text columns; rows with the wrong field count are rejected."""
     malformed: list[RejectedRow] = []
@@ -175,13 +186,7 @@ def _read_raw_csv(data: bytes, file_name: str) -> tuple[pa.Table, list[RejectedR
 
     table = pv.read_csv(
         io.BytesIO(data),
-        read_options=pv.ReadOptions(
-            column_names=RAW_COLUMNS,
-            skip_rows=1,
-            use_threads=False,
-            # One block per file, so a single very long line is parsed, not refused.
-            block_size=max(len(data) + 1, 1 << 16),
-        ),
+        read_options=_whole_file_read_options(data),
         parse_options=pv.ParseOptions(invalid_row_handler=on_invalid_row, ignore_empty_lines=False),
         convert_options=pv.ConvertOptions(
             column_types={name: pa.string() for name in RAW_COLUMNS},
@@ -381,12 +386,7 @@ def _transform_clean_file(data: bytes, result: FileResult) -> bool:
     try:
         raw = pv.read_csv(
             io.BytesIO(data),
-            read_options=pv.ReadOptions(
-                column_names=RAW_COLUMNS,
-                skip_rows=1,
-                use_threads=False,
-                block_size=max(len(data) + 1, 1 << 16),
-            ),
+            read_options=_whole_file_read_options(data),
             # Any short or long row raises here (no handler): the general path reports it.
             parse_options=pv.ParseOptions(ignore_empty_lines=False),
             convert_options=_FAST_CONVERT,
