@@ -393,11 +393,8 @@ def _make_csv(
             forward=load.write if load is not None else None,
         )
         steps["read_transform_seconds"] = time.perf_counter() - mark
-        if load is not None:
-            mark = time.perf_counter()
-            load.finish(csv_output.rows)  # the table's content check now runs on the server
-            steps["copy_tail_seconds"] = time.perf_counter() - mark
 
+        # The checks on the CSV come first: the server is still copying the last chunks.
         mark = time.perf_counter()
         skipped = missing + combined.skipped_files
         # Rejects are kept whatever happens next, so a failed run still shows what it refused.
@@ -415,6 +412,11 @@ def _make_csv(
                 f"blocking checks failed ({names}); Output/historical_stock_data.csv was not "
                 f"replaced and the table is untouched. Rejects: {reject_uris or 'none'}"
             )
+
+        if load is not None:
+            mark = time.perf_counter()
+            load.finish(csv_output.rows)  # the table's content check now runs on the server
+            steps["copy_tail_seconds"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         crc32 = _csv_crc32(csv_output, load)

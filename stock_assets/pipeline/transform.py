@@ -12,8 +12,9 @@ daily_percent_change, value_change, company_name.
 from __future__ import annotations
 
 import io
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -284,19 +285,27 @@ def transform_files(
     """
     pending: list[tuple[FileResult, bytes | None]] = []
     pending_bytes = 0
-    for file_name, raw_data in files:
-        result, data = _start(file_name, raw_data)
-        if result.skip_reason is None and _clean_data_lines(data) is not None:
-            pending.append((result, data))
-            pending_bytes += len(data)
-        else:
-            if result.skip_reason is None:
-                _transform_general(data, result)
-            pending.append((result, None))
-        if pending_bytes >= batch_bytes:
-            yield from _finish_batch(pending)
-            pending, pending_bytes = [], 0
-    yield from _finish_batch(pending)
+    # Each full batch is transformed on a worker thread while this one gathers the next batch
+    # and the caller consumes the last one (Arrow's kernels release the GIL, so they overlap).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="transform") as worker:
+        submitted: deque[Future[list[FileResult]]] = deque()
+        for file_name, raw_data in files:
+            result, data = _start(file_name, raw_data)
+            if result.skip_reason is None and _clean_data_lines(data) is not None:
+                pending.append((result, data))
+                pending_bytes += len(data)
+            else:
+                if result.skip_reason is None:
+                    _transform_general(data, result)
+                pending.append((result, None))
+            if pending_bytes >= batch_bytes:
+                submitted.append(worker.submit(_finish_batch, pending))
+                pending, pending_bytes = [], 0
+                if len(submitted) > 1:
+                    yield from submitted.popleft().result()
+        submitted.append(worker.submit(_finish_batch, pending))
+        while submitted:
+            yield from submitted.popleft().result()
 
 
 def _start(file_name: str, data: bytes) -> tuple[FileResult, bytes]:
