@@ -35,13 +35,15 @@ def output_csv_bytes(table: pa.Table) -> bytes:
     """
     if table.column_names != OUTPUT_COLUMNS:
         raise ValueError(f"columns {table.column_names} are not {OUTPUT_COLUMNS}")
-    sink = io.BytesIO()
+    # An Arrow buffer, not a Python file object: Arrow then writes without calling back into
+    # Python (and taking the GIL) for every block.
+    sink = pa.BufferOutputStream()
     pv.write_csv(
         table,
         sink,
         pv.WriteOptions(include_header=False, quoting_style="none", batch_size=65536),
     )
-    return sink.getvalue()
+    return sink.getvalue().to_pybytes()
 
 
 class CsvOutput:
@@ -65,7 +67,7 @@ class CsvOutput:
         self._forward = forward
         self._on_batch = on_batch
         self._rows_per_chunk = rows_per_chunk
-        self._buffer = io.BytesIO()
+        self._chunks: list[bytes] = []
         self._sha256 = hashlib.sha256()
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -92,7 +94,7 @@ class CsvOutput:
         chunk = output_csv_bytes(batch)
         self.rows += self._pending_rows
         self._pending, self._pending_rows = [], 0
-        self._buffer.write(chunk)
+        self._chunks.append(chunk)  # kept as they are: appending to one buffer copies them
         self.size += len(chunk)
         self._sha256.update(chunk)
         if self.crc32 is not None:
@@ -106,12 +108,14 @@ class CsvOutput:
         return _short_digest(self._sha256)
 
     def body(self) -> io.BytesIO:
-        """The whole CSV as a file object at its start (for an upload: no extra copy)."""
-        self._buffer.seek(0)
-        return self._buffer
+        """The whole CSV as a file object at its start (for an upload)."""
+        return io.BytesIO(self.getvalue())  # shares the joined bytes: no further copy
 
     def getvalue(self) -> bytes:
-        return self._buffer.getvalue()
+        """The whole CSV. The chunks are joined once and then kept joined."""
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
 
 
 def build_output(

@@ -451,8 +451,9 @@ def _transform_clean_batch(files: list[tuple[FileResult, bytes]]) -> list[bool]:
     bodies: list[memoryview | bytes] = []
     rows, dashes_ok = [], []
     for _, data in files:
-        body_start = _clean_data_lines(data)
-        assert body_start is not None  # only clean files are batched
+        # Only files that passed the byte gate (`_clean_data_lines`) are batched: the data
+        # lines start after the header's newline.
+        body_start = data.find(b"\n") + 1
         bodies.append(memoryview(data)[body_start:])
         # No blank lines and no quotes: one row per line.
         rows.append(data.count(b"\n", body_start))
