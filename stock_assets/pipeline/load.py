@@ -180,10 +180,14 @@ class TableLoad:
         truncate, self._copy_sql = _statements("insert_query.sql", self.table)
         self._cursor = self.conn.cursor()
         # Fail clearly instead of waiting forever behind another session's lock.
-        self._cursor.execute("SELECT set_config('lock_timeout', %s, true)", (self.lock_timeout,))
+        self.set_local("lock_timeout", self.lock_timeout)
         self.rows_before = count_rows(self._cursor, self.table)
         self._cursor.execute(truncate)
         return self
+
+    def set_local(self, setting: str, value: str) -> None:
+        """A server setting for the rest of this transaction only (`SET LOCAL`)."""
+        self._cursor.execute("SELECT set_config(%s, %s, true)", (setting, value))
 
     def copy(self, csv_stream: IO[bytes]) -> int:
         """COPY `csv_stream` (read until empty) into the table; returns the rows it added."""
@@ -343,7 +347,14 @@ class PipelinedLoad:
             return
         assert self._load is not None and self._reader is not None
         matches = check_table_matches_csv(expected_rows, None, self._reader)
-        self._checking = self._checker.submit(self._load.check, [matches])
+        self._checking = self._checker.submit(self._check_beside_upload, matches)
+
+    def _check_beside_upload(self, check: InTransactionCheck) -> list[CheckOutcome]:
+        assert self._load is not None
+        # One server process for the scan: it runs while the caller uploads the CSV, and
+        # parallel workers would take the CPU the upload needs on a small host.
+        self._load.set_local("max_parallel_workers_per_gather", "0")
+        return self._load.check([check])
 
     @property
     def streamed_crc32(self) -> int | None:
