@@ -42,6 +42,42 @@ def _examples(table: pa.Table, mask: pa.Array, columns: list[str]) -> list[str]:
     return [", ".join(f"{k}={v}" for k, v in row.items()) for row in sample]
 
 
+class _Parsed:
+    """The text columns of one table converted once, for the several checks that read them
+    (the format check, the findings and the duplicate keys all need the same numbers)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self._floats: dict[str, tuple[pa.ChunkedArray, bool]] = {}
+        self._dates: tuple[pa.ChunkedArray, bool] | None = None
+
+    def floats(self, column: str) -> tuple[pa.ChunkedArray, bool]:
+        """float64 (a value that is not a number becomes null), and whether every value
+        converted as it is."""
+        if column not in self._floats:
+            text = self.table[column]
+            try:
+                self._floats[column] = (pc.cast(text, pa.float64()), True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                numeric = pc.fill_null(pc.match_substring_regex(text, _NUMBER), False)
+                values = pc.cast(
+                    pc.if_else(numeric, text, pa.scalar(None, pa.string())), pa.float64()
+                )
+                self._floats[column] = (values, False)
+        return self._floats[column]
+
+    def dates(self) -> tuple[pa.ChunkedArray, bool]:
+        """stock_date as date32 (null where it is not a date), and whether every value was."""
+        if self._dates is None:
+            text = self.table["stock_date"]
+            try:
+                self._dates = (pc.cast(text, pa.date32()), True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                parsed = pc.strptime(text, format="%Y-%m-%d", unit="s", error_is_null=True)
+                self._dates = (pc.cast(parsed, pa.date32()), False)
+        return self._dates
+
+
 def duplicate_keys(table: pa.Table) -> Finding:
     """(company_name, stock_date) pairs that occur more than once."""
     return _duplicates_among(table, _row_keys(table, {}))
@@ -50,7 +86,9 @@ def duplicate_keys(table: pa.Table) -> Finding:
 _DAY_BITS = 23  # days from 1970 for years 1..9999 lie within ±2**22
 
 
-def _row_keys(table: pa.Table, company_ids: dict[str, int], first_row: int = 0) -> np.ndarray:
+def _row_keys(
+    table: pa.Table, company_ids: dict[str, int], first_row: int = 0, parsed: _Parsed | None = None
+) -> np.ndarray:
     """One int64 per row for (company, date): integer keys sort far faster than two string
     columns. `company_ids` numbers the companies (kept across batches for the same numbers). A
     row whose date does not parse (formats_valid reports it) gets a key of its own, negative."""
@@ -61,12 +99,7 @@ def _row_keys(table: pa.Table, company_ids: dict[str, int], first_row: int = 0) 
         [company_ids.setdefault(name, len(company_ids)) for name in company.dictionary.to_pylist()],
         dtype=np.int64,
     )
-    dates = table["stock_date"]
-    try:
-        days = pc.cast(pc.cast(dates, pa.date32()), pa.int32())
-    except pa.ArrowInvalid:
-        parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
-        days = pc.cast(pc.cast(parsed, pa.date32()), pa.int32())
+    days = pc.cast((parsed or _Parsed(table)).dates()[0], pa.int32())
     valid = pc.is_valid(days).to_numpy(zero_copy_only=False)
     day_numbers = pc.fill_null(days, 0).to_numpy(zero_copy_only=False).astype(np.int64)
     keys = (ids[company.indices.to_numpy()] << _DAY_BITS) + day_numbers + (1 << (_DAY_BITS - 1))
@@ -84,25 +117,24 @@ def _duplicates_among(table: pa.Table, keys: np.ndarray) -> Finding:
     return Finding(int((counts[repeated] - 1).sum()), examples)
 
 
-def _casts_cleanly(table: pa.Table) -> bool:
+def _casts_cleanly(table: pa.Table, parsed: _Parsed) -> bool:
     """Fast path: every column converts to its type (C casts, no regex)."""
+    columns = [*_PRICE_OUTPUT, "value_change", "daily_percent_change"]
+    numbers = [parsed.floats(c) for c in columns]
+    if not parsed.dates()[1] or not all(clean for _, clean in numbers):
+        return False
     try:
-        dates = pc.cast(table["stock_date"], pa.date32())
-        numbers = [
-            pc.cast(table[c], pa.float64())
-            for c in [*_PRICE_OUTPUT, "value_change", "daily_percent_change"]
-        ]
         volume = pc.cast(table["volume_traded"], pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
-    finite = all(pc.all(pc.is_finite(n)).as_py() in (True, None) for n in numbers)
+    finite = all(pc.all(pc.is_finite(n)).as_py() in (True, None) for n, _ in numbers)
     iso = pc.all(pc.equal(pc.utf8_length(table["stock_date"]), 10)).as_py() in (True, None)
-    return bool(finite and iso and dates is not None and (pc.min(volume).as_py() or 0) >= 0)
+    return bool(finite and iso and (pc.min(volume).as_py() or 0) >= 0)
 
 
-def format_problems(table: pa.Table) -> dict[str, Finding]:
+def format_problems(table: pa.Table, parsed: _Parsed | None = None) -> dict[str, Finding]:
     """Per column, values that are not what the spec's format says (empty dict: all good)."""
-    if _casts_cleanly(table):
+    if _casts_cleanly(table, parsed or _Parsed(table)):
         return {}
     problems: dict[str, Finding] = {}
 
@@ -132,33 +164,27 @@ def format_problems(table: pa.Table) -> dict[str, Finding]:
     return problems
 
 
-def _as_float(text: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Text → float64; a value that is not a number becomes null (formats_valid reports it)."""
-    try:
-        return pc.cast(text, pa.float64())
-    except pa.ArrowInvalid:
-        numeric = pc.fill_null(pc.match_substring_regex(text, _NUMBER), False)
-        return pc.cast(pc.if_else(numeric, text, pa.scalar(None, pa.string())), pa.float64())
-
-
-def _floats(table: pa.Table) -> dict[str, pa.ChunkedArray]:
+def _floats(parsed: _Parsed) -> dict[str, pa.ChunkedArray]:
+    """The four prices as float64; a value that is not a number is null (formats_valid
+    reports it)."""
     return {
-        raw: _as_float(table[out]) for raw, out in zip(PRICE_COLUMNS, _PRICE_OUTPUT, strict=True)
+        raw: parsed.floats(out)[0] for raw, out in zip(PRICE_COLUMNS, _PRICE_OUTPUT, strict=True)
     }
 
 
-def open_zero_rows(table: pa.Table) -> Finding:
-    mask = pc.fill_null(pc.equal(_as_float(table["open_value"]), 0.0), False)
+def open_zero_rows(table: pa.Table, parsed: _Parsed | None = None) -> Finding:
+    opens = (parsed or _Parsed(table)).floats("open_value")[0]
+    mask = pc.fill_null(pc.equal(opens, 0.0), False)
     return Finding(
         int(pc.sum(mask).as_py() or 0), _examples(table, mask, ["company_name", "stock_date"])
     )
 
 
-def ohlc_inconsistencies(table: pa.Table) -> Finding:
+def ohlc_inconsistencies(table: pa.Table, parsed: _Parsed | None = None) -> Finding:
     """Open or Close outside Low..High (the real data's decimal-shift rows). Flagged, kept."""
     if table.num_rows == 0:
         return Finding(0)
-    f = _floats(table)
+    f = _floats(parsed or _Parsed(table))
     outside = pc.or_(
         pc.or_(pc.less(f["Open"], f["Low"]), pc.greater(f["Open"], f["High"])),
         pc.or_(pc.less(f["Close"], f["Low"]), pc.greater(f["Close"], f["High"])),
@@ -169,7 +195,7 @@ def ohlc_inconsistencies(table: pa.Table) -> Finding:
     return Finding(int(pc.sum(outside).as_py() or 0), _examples(table, outside, columns))
 
 
-def zero_volume_rows(table: pa.Table) -> Finding:
+def zero_volume_rows(table: pa.Table, parsed: _Parsed | None = None) -> Finding:
     mask = pc.equal(table["volume_traded"], "0")
     return Finding(
         int(pc.sum(mask).as_py() or 0), _examples(table, mask, ["company_name", "stock_date"])
@@ -207,12 +233,13 @@ class OutputProfile:
         self._keys: list[np.ndarray] = []
 
     def add(self, batch: pa.Table) -> None:
+        parsed = _Parsed(batch)
         for name, finding in self.ROW_FINDINGS.items():
-            self.findings[name] = _merge(self.findings[name], finding(batch))
-        for column, problem in format_problems(batch).items():
+            self.findings[name] = _merge(self.findings[name], finding(batch, parsed))
+        for column, problem in format_problems(batch, parsed).items():
             self.format_problems[column] = _merge(self.format_problems.get(column), problem)
         self.rows_per_year.update(rows_per_year(batch))
-        self._keys.append(_row_keys(batch, self._company_ids, self.rows))
+        self._keys.append(_row_keys(batch, self._company_ids, self.rows, parsed))
         self.rows += batch.num_rows
 
     def duplicates(self, table: pa.Table) -> Finding:
