@@ -196,6 +196,8 @@ def ohlc_inconsistencies(table: pa.Table, parsed: _Parsed | None = None) -> Find
 
 
 def zero_volume_rows(table: pa.Table, parsed: _Parsed | None = None) -> Finding:
+    """Rows whose volume is "0", compared as text (`parsed` is not needed; it is accepted so
+    that every finding is called the same way)."""
     mask = pc.equal(table["volume_traded"], "0")
     return Finding(
         int(pc.sum(mask).as_py() or 0), _examples(table, mask, ["company_name", "stock_date"])
