@@ -50,8 +50,8 @@ class CsvOutput:
     """The output CSV assembled batch by batch, in order, while the input is still being read.
 
     Each batch of output rows becomes spec-format bytes (`output_csv_bytes`, about
-    `rows_per_chunk` rows at a time) appended to one buffer and to the SHA-256 fingerprint, and
-    is handed to `forward` as soon as it exists, so a COPY into the table can run alongside the
+    `rows_per_chunk` rows at a time), kept, added to the SHA-256 fingerprint, and handed to
+    `forward` as soon as it exists, so a COPY into the table can run alongside the
     transformation instead of after it. `line_checksums`: also sum each line's CRC-32 (the
     content checksum the table is checked against) when nothing downstream computes it.
     `on_batch` sees each chunk's rows as an Arrow table (for checks made on the way).
