@@ -60,10 +60,12 @@ from stock_assets.pipeline.output import (
     skipped_files_csv,
 )
 from stock_assets.pipeline.s3 import (
+    ObjectReader,
     S3Object,
     list_objects,
     listing_fingerprint,
     map_objects,
+    presigned_get_session,
     read_object,
     s3_uri,
 )
@@ -342,7 +344,7 @@ def historical_stock_data(
     selected = context.selected_asset_keys
     if CSV in selected:
         yield from _make_csv(
-            context, s3.get_client(), settings, postgres if TABLE in selected else None
+            context, s3.get_client(), settings, postgres if TABLE in selected else None, s3.verify
         )
     else:
         yield from _load_table_from_object(context, s3.get_client(), postgres, settings)
@@ -353,6 +355,7 @@ def _make_csv(
     client: Any,
     settings: PipelineSettings,
     postgres: PostgresResource | None,
+    verify: bool | None = None,
 ):
     started = time.perf_counter()
     steps: dict[str, float] = {}
@@ -373,6 +376,7 @@ def _make_csv(
         if f not in listing
     ]
 
+    reader = ObjectReader(client, bucket, presigned_get_session(client, verify))
     table_load = PipelinedLoad(postgres.connect, postgres.table) if postgres is not None else None
     with table_load or contextlib.nullcontext() as load:
         mark = time.perf_counter()
@@ -382,8 +386,7 @@ def _make_csv(
             (
                 (key.rsplit("/", 1)[-1], body)
                 for key, body in map_objects(
-                    client,
-                    bucket,
+                    reader,
                     [o.key for o in selected],
                     lambda key, body: (key, body),
                     max_workers=settings.read_concurrency,
@@ -437,7 +440,7 @@ def _make_csv(
         steps["write_seconds"] = time.perf_counter() - mark
         yield _csv_materialization(
             bucket, combined, csv_output, profile, len(company_filter.files), skipped,
-            reject_uris, checks, steps, started,
+            reject_uris, checks, steps, started, reader.fallbacks,
         )  # fmt: skip
         if load is not None and postgres is not None:
             try:
@@ -474,6 +477,7 @@ def _csv_materialization(
     checks: list[AssetCheckResult],
     steps: dict[str, float],
     started: float,
+    reads_retried: int,
 ) -> MaterializeResult:
     results = combined.files
     preview = combined.table.slice(0, 5).to_pylist()
@@ -497,6 +501,8 @@ def _csv_materialization(
             ),
             "companies": len({f.company for f in results if f.rows_written}),
             "bytes_read": sum(f.bytes_read for f in results),
+            # GETs whose first, presigned try failed and were read again by get_object.
+            "reads_retried": reads_retried,
             "bytes_written": csv_output.size,
             "content_fingerprint": csv_output.fingerprint,
             **{name: round(seconds, 3) for name, seconds in steps.items()},

@@ -73,6 +73,9 @@ class StockS3Resource(S3Resource):
                 connect_timeout=self.connect_timeout_seconds,
                 read_timeout=self.read_timeout_seconds,
                 max_pool_connections=self.max_pool_connections,
+                # SigV4 for presigned URLs too (botocore still presigns S3 with SigV2 unless
+                # told; regions opened since 2014 accept only SigV4).
+                signature_version="s3v4",
             ),
         )
 

@@ -28,6 +28,7 @@ class HttpFault:
     body: bytes | None = None  # the error document to answer with (default: S3's XML shape)
     delay: float = 0.0  # wait this long before answering
     drop: bool = False  # close the connection without an answer
+    corrupt: bool = False  # forward, then flip the answer's first byte (headers kept)
     times: int | None = None  # None: every matching request
     hits: int = 0
 
@@ -44,6 +45,8 @@ class FaultyHttpProxy:
     upstream: str
     faults: list[HttpFault] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    # The headers of each request, in the order of `requests`, names in lower case.
+    request_headers: list[dict[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> FaultyHttpProxy:
@@ -58,7 +61,8 @@ class FaultyHttpProxy:
 
             def _handle(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fault = proxy._claim(self.command, self.path)
+                sent = {k.lower(): v for k, v in self.headers.items()}
+                fault = proxy._claim(self.command, self.path, sent)
                 if fault and fault.delay:
                     time.sleep(fault.delay)
                 if fault and fault.drop:
@@ -79,6 +83,8 @@ class FaultyHttpProxy:
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
+                if fault and fault.corrupt and data:
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in HOP_HEADERS and key.lower() != "content-length":
@@ -100,9 +106,10 @@ class FaultyHttpProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def _claim(self, method: str, path: str) -> HttpFault | None:
+    def _claim(self, method: str, path: str, headers: dict[str, str]) -> HttpFault | None:
         with self._lock:
             self.requests.append((method, path))
+            self.request_headers.append(headers)
             for fault in self.faults:
                 if fault.matches(method, path):
                     fault.hits += 1

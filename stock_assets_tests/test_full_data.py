@@ -34,6 +34,7 @@ def test_full_real_data_set_reconciles(clean_stack, s3_client, naming, db):
         f"load {table_meta['load_seconds']}s"
     )
     assert csv_meta["rows_read"] == table_rows + csv_meta["rows_rejected"]
+    assert csv_meta["reads_retried"] == 0
     assert table_rows == csv_meta["dagster/row_count"] == 2_054_899
     assert companies == 995
     skipped = {

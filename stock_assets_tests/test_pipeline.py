@@ -59,6 +59,7 @@ def test_job_writes_the_spec_csv_and_loads_the_table(seeded_stack, s3_client, na
     assert csv_meta["rows_read"] == csv_meta["dagster/row_count"] + csv_meta["rows_rejected"]
     assert csv_meta["files_skipped"] == 1 and "bxg.us.csv" in csv_meta["skipped_files"]
     assert csv_meta["open_zero_rows"] == 1
+    assert csv_meta["reads_retried"] == 0  # every file came from its presigned GET
     assert metadata(result, "historical_stocks_data")["dagster/row_count"] == len(lines)
 
 

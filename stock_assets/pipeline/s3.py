@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
+import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
+
+from botocore.awsrequest import AWSRequest
+from botocore.exceptions import BotoCoreError
+from botocore.httpsession import URLLib3Session
+from botocore.utils import get_environ_proxies
 
 T = TypeVar("T")
 
@@ -71,9 +80,99 @@ def read_object(client: Any, bucket: str, key: str) -> bytes:
     return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+# Checksums S3 may return with a GET; the fast path checks CRC-32 itself and leaves any other
+# to botocore (see ObjectReader).
+_CHECKSUM_HEADERS = (
+    "x-amz-checksum-crc32c",
+    "x-amz-checksum-crc64nvme",
+    "x-amz-checksum-sha1",
+    "x-amz-checksum-sha256",
+)
+
+
+def presigned_get_session(client: Any, verify: bool | str | None = None) -> URLLib3Session:
+    """botocore's own HTTP session, set up as `client`'s is: timeouts, pool size, proxies, TLS
+    verification (`verify`: the resource's setting; None means AWS_CA_BUNDLE, else verify)."""
+    config = client.meta.config
+    return URLLib3Session(
+        verify=verify if verify is not None else os.environ.get("AWS_CA_BUNDLE") or True,
+        proxies=config.proxies or get_environ_proxies(client.meta.endpoint_url),
+        timeout=(config.connect_timeout, config.read_timeout),
+        max_pool_connections=config.max_pool_connections,
+        client_cert=config.client_cert,
+        proxies_config=config.proxies_config,
+    )
+
+
+class ObjectReader:
+    """Reads whole objects from one bucket: the bulk download of up to 1,000 files.
+
+    Each GET first goes by a presigned URL (signed by the boto3 client, with the same
+    credentials) over botocore's HTTP session (`presigned_get_session`). That skips botocore's
+    per-call machinery (event hooks, endpoint rules, response parsing, retry bookkeeping):
+    measured on the local stack, 1,000 GETs cost 1.55 CPU-s through `get_object` and 0.84 this way,
+    most of the difference time holding the GIL the transformation needs.
+
+    Only a clean answer is taken from that path: status 200, and its CRC-32 equal to the one S3
+    returns (the URL asks for it, as `get_object` does). Anything else — an error status, a
+    timeout, a refused connection, another checksum algorithm — and the object is read again
+    with `get_object`. So retries (botocore's standard mode), error messages and checksum
+    validation remain botocore's; the first failed try is extra. `fallbacks` counts those
+    re-reads. `presigned=None` reads everything with `get_object`.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        presigned: URLLib3Session | None = None,
+        url_expiry_seconds: int = 900,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self._session = presigned
+        self._expiry = url_expiry_seconds
+        self._lock = threading.Lock()
+        self.fallbacks = 0
+
+    def read(self, key: str) -> bytes:
+        if self._session is not None:
+            body = self._read_presigned(key)
+            if body is not None:
+                return body
+            with self._lock:
+                self.fallbacks += 1
+        return read_object(self.client, self.bucket, key)
+
+    def _read_presigned(self, key: str) -> bytes | None:
+        try:
+            url = self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key, "ChecksumMode": "ENABLED"},
+                ExpiresIn=self._expiry,
+            )
+            # The checksum mode is a signed header of the URL: it must be sent as one.
+            request = AWSRequest("GET", url, headers={"x-amz-checksum-mode": "ENABLED"})
+            response = self._session.send(request.prepare())
+            if response.status_code != 200:
+                return None
+            body = response.content
+        except BotoCoreError:  # timeouts, refused or dropped connections, a truncated body
+            return None
+        return body if _checksum_matches(response.headers, body) else None
+
+
+def _checksum_matches(headers: Any, body: bytes) -> bool:
+    """True if the GET's CRC-32 matches `body`, or S3 sent no checksum (objects stored without
+    one; `get_object` accepts those too). Another algorithm: False, to let botocore check it."""
+    crc32 = headers.get("x-amz-checksum-crc32")
+    if crc32 is not None:
+        return crc32 == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    return not any(name in headers for name in _CHECKSUM_HEADERS)
+
+
 def map_objects(
-    client: Any,
-    bucket: str,
+    reader: ObjectReader,
     keys: Sequence[str],
     handle: Callable[[str, bytes], T],
     max_workers: int = 8,
@@ -81,11 +180,11 @@ def map_objects(
     """GET each key and apply `handle(key, body)` in a thread pool; results in `keys` order.
 
     Both the GET (network) and a pyarrow-based `handle` release the GIL, so threads overlap the
-    two. boto3 clients are thread-safe.
+    two. boto3 clients and botocore's HTTP session are thread-safe.
     """
 
     def fetch_and_handle(key: str) -> T:
-        return handle(key, read_object(client, bucket, key))
+        return handle(key, reader.read(key))
 
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-read") as pool:
         yield from pool.map(fetch_and_handle, keys)
