@@ -91,7 +91,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{data['synthetic_files']:,} synthesised from the manifest "
         f"({data['synthetic_bytes'] / 1e6:.1f} MB vs {data['synthetic_manifest_bytes'] / 1e6:.1f} "
         "MB listed); the filter names the real ones.",
-        f"- Each figure: median of {repeat} fresh-process runs (ours and the limit alternate).",
+        f"- Each figure: median of {repeat} fresh-process runs (ours and the limit alternate)"
+        + (
+            f", after {len(report['warmup_runs']) // 2} untimed warm-up run of each ("
+            + ", ".join(f"{w['approach']} {w['run_seconds']:.2f}s" for w in report["warmup_runs"])
+            + ")."
+            if report.get("warmup_runs")
+            else "."
+        ),
         "",
         "## Results",
         "",
