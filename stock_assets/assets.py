@@ -396,6 +396,13 @@ def _make_csv(
             forward=load.write if load is not None else None,
         )
         steps["read_transform_seconds"] = time.perf_counter() - mark
+        if reader.fallbacks:
+            # Harmless for the data (get_object re-read them), but many point at a setting the
+            # presigned path lacks (a proxy, a CA bundle) and cost a second request each.
+            context.log.warning(
+                f"{reader.fallbacks} of {len(selected)} presigned GETs were not used; "
+                "those files were read again with get_object"
+            )
 
         # The checks on the CSV come first: the server is still copying the last chunks.
         mark = time.perf_counter()

@@ -17,7 +17,7 @@ from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Re
 from stock_assets.settings import OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import REPO_ROOT, table_rows
 from stock_assets_tests.faults import FaultyHttpProxy, HttpFault, TcpToUnixProxy
-from stock_assets_tests.test_pipeline import run_job
+from stock_assets_tests.test_pipeline import metadata, run_job
 
 ASSETS = [raw_stock_files, top_companies, historical_stock_data]
 
@@ -62,6 +62,8 @@ def test_s3_503s_during_reads_are_retried_and_the_run_succeeds(loaded, s3_proxy,
     assert result.success, step_errors(result)
     assert fault.hits == 4
     assert sorted(table_rows(db)) == loaded[0]
+    # Each refused presigned GET was read again with get_object, and the run says how many.
+    assert 1 <= metadata(result, "historical_stock_data_csv")["reads_retried"] <= 4
 
 
 def test_s3_500s_on_the_output_write_fail_cleanly_after_bounded_retries(
@@ -196,7 +198,7 @@ def test_run_killed_mid_transform_leaves_no_partial_output(loaded, s3_proxy, s3_
     # A changed input, so a run that completed its write would leave a different object.
     s3_client.delete_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}flhk.us.csv")
     s3_proxy.faults.append(HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}", delay=0.5))
-    code = "import sys; from stock_assets_tests.test_pipeline import run_job; run_job()"
+    code = "import sys; from stock_assets_tests.test_pipeline import metadata, run_job; run_job()"
     process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=dict(os.environ))
     deadline = time.monotonic() + 120
     while sum(1 for m, p in s3_proxy.requests if f"/{STOCKS_PREFIX}" in p and m == "GET") < 2:

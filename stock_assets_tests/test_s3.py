@@ -139,6 +139,8 @@ def crc32_header(body: bytes) -> str:
         ({}, True),  # stored without a checksum: get_object accepts it too
         ({"x-amz-checksum-sha256": "x"}, False),  # another algorithm: botocore checks it
         ({"x-amz-checksum-crc64nvme": "x"}, False),
+        ({"x-amz-checksum-crc32": "AAAAAA==-3", "x-amz-checksum-type": "COMPOSITE"}, True),
+        ({"x-amz-checksum-mode": "ENABLED"}, True),  # not an algorithm
     ],
 )
 def test_checksum_rule(headers, accepted):

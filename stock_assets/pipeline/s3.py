@@ -80,14 +80,8 @@ def read_object(client: Any, bucket: str, key: str) -> bytes:
     return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-# Checksums S3 may return with a GET; the fast path checks CRC-32 itself and leaves any other
-# to botocore (see ObjectReader).
-_CHECKSUM_HEADERS = (
-    "x-amz-checksum-crc32c",
-    "x-amz-checksum-crc64nvme",
-    "x-amz-checksum-sha1",
-    "x-amz-checksum-sha256",
-)
+# Response headers that name a checksum algorithm: x-amz-checksum-<algorithm>, but not these two.
+_NOT_ALGORITHMS = {"x-amz-checksum-mode", "x-amz-checksum-type"}
 
 
 def presigned_get_session(client: Any, verify: bool | str | None = None) -> URLLib3Session:
@@ -163,12 +157,20 @@ class ObjectReader:
 
 
 def _checksum_matches(headers: Any, body: bytes) -> bool:
-    """True if the GET's CRC-32 matches `body`, or S3 sent no checksum (objects stored without
-    one; `get_object` accepts those too). Another algorithm: False, to let botocore check it."""
+    """Whether the fast path may take `body`, judged as botocore judges a GET's checksum.
+
+    A CRC-32 must match. A multipart object's CRC-32 is a checksum of its parts' ("…-3"), which
+    botocore does not check either; nor an object stored without a checksum. Any other
+    algorithm: False, so that botocore reads the object and checks it.
+    """
+    names = {str(name).lower() for name in headers}
+    algorithms = {n for n in names if n.startswith("x-amz-checksum-")} - _NOT_ALGORITHMS
+    if algorithms - {"x-amz-checksum-crc32"}:
+        return False
     crc32 = headers.get("x-amz-checksum-crc32")
-    if crc32 is not None:
-        return crc32 == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
-    return not any(name in headers for name in _CHECKSUM_HEADERS)
+    if crc32 is None or "-" in crc32:
+        return True
+    return crc32 == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
 
 
 def map_objects(
