@@ -187,9 +187,15 @@ class Runner:
             pass
         return {"moto": _process_cpu(self.moto_pid), "postgres": postgres}
 
-    def _checkpoint(self) -> None:
-        """Every run starts from a clean buffer cache: otherwise the previous runs' millions of
-        rows get flushed (checkpoint, WAL) during the next run and bill it for them."""
+    def _settle_server(self) -> None:
+        """Every run starts from a settled server, so that none is billed for the maintenance
+        the previous runs left due.
+
+        VACUUM (ANALYZE): each load of two million rows makes autovacuum vacuum and analyze that
+        table (about a second of server work), within its one-minute nap, so in the middle of
+        whichever run came next. CHECKPOINT: the previous runs' rows get flushed now, not during
+        the next run.
+        """
         import psycopg2
 
         from stock_assets.resources import psycopg2_dsn
@@ -198,13 +204,14 @@ class Runner:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
+                cur.execute("VACUUM (ANALYZE)")
                 cur.execute("CHECKPOINT")
         finally:
             conn.close()
 
     def spawn(self, spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
         self.count += 1
-        self._checkpoint()
+        self._settle_server()
         servers_before = self._server_cpu()
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         spec = {**spec, "spawned_at": time.time()}
@@ -254,26 +261,6 @@ def _table_rows(database_url: str, table: str) -> int:
     with psycopg2.connect(psycopg2_dsn(database_url)) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT count(*) FROM {table}")
         return int(cur.fetchone()[0])
-
-
-def _settle_database(database_url: str) -> None:
-    """CHECKPOINT now, so the next measurement does not pay for the WAL an earlier one left.
-
-    The course approach's 30 s of row-by-row INSERTs leave a checkpoint due; it used to land on
-    the first scaling points (125 files took 5.0 s and 6.9 CPU-s in one invocation, 4.0 s and
-    5.2 CPU-s in another).
-    """
-    import psycopg2
-
-    from stock_assets.resources import psycopg2_dsn
-
-    conn = psycopg2.connect(psycopg2_dsn(database_url))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CHECKPOINT")
-    finally:
-        conn.close()
 
 
 def _median(values: list[float]) -> float:
@@ -501,7 +488,6 @@ def run_benchmark(profile: Profile, out_dir: Path, keep: bool = False) -> dict[s
             ratios["course_over_ours"] = round(course["run_seconds"] / ours["run_seconds"], 2)
         report["ratios"] = ratios
 
-        _settle_database(database_url)
         report["scaling"] = run_scaling(profile, runner, client, bucket["bucket"], names, real)
         client.put_object(
             Bucket=bucket["bucket"], Key="CompanyNames/top_companies.txt", Body=filter_bytes
