@@ -116,6 +116,18 @@ def test_pipelined_load_commits_exactly_the_streamed_csv(clean_stack, db):
         load.finish(body.rows)
         assert load.streamed_crc32 == quality.line_checksum(csv_lines(data))
         result = load.commit(csv_duplicates=0)
+    # COPY FREEZE: every row is written frozen (HEAP_XMIN_FROZEN in its header), so readers need
+    # no commit-log lookups and autovacuum has nothing to freeze after the load.
+    with db.cursor() as cur:
+        cur.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        cur.execute(
+            "SELECT count(*), count(*) FILTER (WHERE t_infomask & 768 = 768) "
+            "FROM generate_series(0, pg_relation_size('historical_stocks_data') / "
+            "current_setting('block_size')::int - 1) AS page, "
+            "heap_page_items(get_raw_page('historical_stocks_data', page::int))"
+        )
+        tuples, frozen = cur.fetchone()
+    assert tuples == body.rows and frozen == tuples
     assert result.rows_loaded == body.rows
     assert {o.name: o.passed for o in result.checks} == {
         "table_matches_csv": True,
