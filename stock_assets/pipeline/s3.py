@@ -1,4 +1,6 @@
-"""Small S3 helpers over a plain boto3 client (AWS or any S3-compatible endpoint)."""
+"""Small S3 helpers over a plain boto3 client (AWS or any S3-compatible endpoint): listing,
+the bulk reader (`ObjectReader`: presigned GETs, `get_object` for anything unclean), parallel
+reads in order."""
 
 from __future__ import annotations
 
