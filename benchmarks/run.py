@@ -4,7 +4,8 @@ One invocation: start the local stack (moto + embedded PostgreSQL) in a temporar
 the source bucket (real files + the synthetic rest of a full-size `Stocks/`), then measure, each
 in a fresh process and on the same stack:
 
-1. the limit proxy and stock_pipeline_job, alternately, `--repeat` times each (medians reported);
+1. the limit proxy and stock_pipeline_job, alternately: `--warmup` untimed runs of each, then
+   `--repeat` measured runs of each (medians reported), PostgreSQL settled before every run;
 2. the course approach once (its row-by-row INSERTs stopped at `--course-budget` seconds and
    extrapolated, which the report says);
 3. a scaling series of stock_pipeline_job: more files, then larger files.
