@@ -343,22 +343,20 @@ def historical_stock_data(
     """
     selected = context.selected_asset_keys
     if CSV in selected:
-        yield from _make_csv(
-            context, s3.get_client(), settings, postgres if TABLE in selected else None, s3.verify
-        )
+        yield from _make_csv(context, s3, settings, postgres if TABLE in selected else None)
     else:
         yield from _load_table_from_object(context, s3.get_client(), postgres, settings)
 
 
 def _make_csv(
     context: AssetExecutionContext,
-    client: Any,
+    s3: S3Resource,
     settings: PipelineSettings,
     postgres: PostgresResource | None,
-    verify: bool | None = None,
 ):
     started = time.perf_counter()
     steps: dict[str, float] = {}
+    client = s3.get_client()
     bucket = settings.naming.source_bucket
     company_filter = _load_filter(client, bucket, settings.max_files)
     listing = {
@@ -376,7 +374,7 @@ def _make_csv(
         if f not in listing
     ]
 
-    reader = ObjectReader(client, bucket, presigned_get_session(client, verify))
+    reader = ObjectReader(client, bucket, presigned_get_session(client, s3.verify))
     table_load = PipelinedLoad(postgres.connect, postgres.table) if postgres is not None else None
     with table_load or contextlib.nullcontext() as load:
         mark = time.perf_counter()
