@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 from dagster import DagsterInstance, materialize
 
-from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
+from stock_assets.assets import RUN_META, historical_stock_data, raw_stock_files, top_companies
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 from stock_assets.settings import OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import REPO_ROOT, table_rows
@@ -64,6 +64,19 @@ def test_s3_503s_during_reads_are_retried_and_the_run_succeeds(loaded, s3_proxy,
     assert sorted(table_rows(db)) == loaded[0]
     # Each refused presigned GET was read again with get_object, and the run says how many.
     assert 1 <= metadata(result, "historical_stock_data_csv")["reads_retried"] <= 4
+
+
+def test_a_refused_output_write_is_sent_again_whole(loaded, s3_proxy, s3_client, naming, db):
+    # The upload body is a reader over the CSV's chunks: botocore must be able to rewind it.
+    fault = HttpFault(method="PUT", path_contains=OUTPUT_KEY, status=500, times=2)
+    s3_proxy.faults.append(fault)
+    result = run_job()
+    assert result.success, step_errors(result)
+    assert fault.hits == 2
+    written = s3_client.head_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)
+    assert written["Metadata"][RUN_META] == result.run_id  # this run's write, the third try
+    assert output_bytes(s3_client, naming) == loaded[1]
+    assert sorted(table_rows(db)) == loaded[0]
 
 
 def test_s3_500s_on_the_output_write_fail_cleanly_after_bounded_retries(

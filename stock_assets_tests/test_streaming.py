@@ -104,6 +104,46 @@ def test_duplicates_and_format_problems_are_found_across_batches():
     assert profile.format_problems == quality.format_problems(table)
 
 
+def test_duplicates_counted_per_batch_when_each_batch_holds_whole_companies():
+    # The pipeline's shape: every company's rows in one batch. Seven companies, each with one
+    # date repeated (company i repeats it i times), so there are more repeated keys than
+    # examples shown.
+    batches = []
+    for i in range(1, 8):
+        dates = [f"2020-01-{d:02d}" for d in range(1, 4)] + ["2020-01-02"] * i
+        batches.append(pa.table({"stock_date": dates, "company_name": [f"c{i}"] * len(dates)}))
+    table = pa.concat_tables(batches)
+    whole = quality.duplicate_keys(table)
+    assert whole.count == sum(range(1, 8)) == 28
+    # Examples are the first five distinct repeated keys, not five rows of the first two.
+    assert whole.examples == [f"company_name=c{i}, stock_date=2020-01-02" for i in range(1, 6)]
+
+    # Through `add` (the batch-by-batch count): the same finding, without the final sort.
+    full = pa.table(
+        {
+            **{c: ["1.0"] * table.num_rows for c in quality._PRICE_OUTPUT},
+            "volume_traded": ["1"] * table.num_rows,
+            "daily_percent_change": ["0.0"] * table.num_rows,
+            "value_change": ["0.0"] * table.num_rows,
+            "stock_date": table["stock_date"],
+            "company_name": table["company_name"],
+        }
+    )
+    by_batch = quality.OutputProfile()
+    offset = 0
+    for batch in batches:
+        by_batch.add(full.slice(offset, batch.num_rows))
+        offset += batch.num_rows
+    assert by_batch._duplicates == whole  # counted on the way, not by the fallback
+    assert by_batch.duplicates(full) == whole
+    # A company whose rows span two batches: counted over all the keys instead.
+    spanning = quality.OutputProfile()
+    spanning.add(full.slice(0, 5))
+    spanning.add(full.slice(5))
+    assert spanning._duplicates is None
+    assert spanning.duplicates(full) == whole
+
+
 def test_pipelined_load_commits_exactly_the_streamed_csv(clean_stack, db):
     body = CsvOutput()
     body.add(combine(transform_files(_files())).table)
@@ -201,3 +241,26 @@ def test_csv_written_alone_sums_its_line_checksums_as_the_table_side_would():
     body = alone.getvalue()
     assert body == output_csv_bytes(table)
     assert alone.crc32 == quality.line_checksum(csv_lines(body)) != 0
+
+
+def test_upload_body_reads_the_chunks_as_one_stream():
+    chunks = [b"ab\n", b"", b"cdef\n", b"g\n" * 5000, b"h\n"]
+    whole = b"".join(chunks)
+    csv_output = CsvOutput()
+    csv_output._chunks = list(chunks)
+    body = csv_output.body()
+    assert body.read() == whole and body.read() == b""
+    assert body.seek(0, io.SEEK_END) == len(whole) == body.tell()  # botocore's Content-Length
+    body.seek(0)
+    pieces = iter(lambda: body.read(7), b"")  # reads that cross chunk boundaries
+    assert b"".join(pieces) == whole
+    body.seek(4)
+    assert body.read(3) == whole[4:7] and body.tell() == 7
+    body.seek(-2, io.SEEK_CUR)
+    assert body.read() == whole[5:]
+    buffer = bytearray(len(whole) + 10)
+    body.seek(0)
+    assert body.readinto(buffer) == len(whole) and bytes(buffer[: len(whole)]) == whole
+    with pytest.raises(ValueError):
+        body.seek(-1)
+    assert CsvOutput().body().read() == b""  # no rows: an empty object

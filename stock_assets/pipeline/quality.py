@@ -108,12 +108,14 @@ def _row_keys(
 
 
 def _duplicates_among(table: pa.Table, keys: np.ndarray) -> Finding:
-    unique, counts = np.unique(keys, return_counts=True)
-    repeated = np.flatnonzero(counts > 1)
-    if len(repeated) == 0:
+    """Rows whose key an earlier row has; examples: the first repeated keys, in table order."""
+    unique, first_rows, counts = np.unique(keys, return_index=True, return_counts=True)
+    repeated = counts > 1
+    if not repeated.any():
         return Finding(0)
-    mask = pa.array(np.isin(keys, unique[repeated]))
-    examples = list(dict.fromkeys(_examples(table, mask, ["company_name", "stock_date"])))
+    example_rows = np.sort(first_rows[repeated])[:EXAMPLES]
+    sample = table.take(pa.array(example_rows)).select(["company_name", "stock_date"])
+    examples = [", ".join(f"{k}={v}" for k, v in row.items()) for row in sample.to_pylist()]
     return Finding(int((counts[repeated] - 1).sum()), examples)
 
 
@@ -215,9 +217,13 @@ class OutputProfile:
     """The output's row-level findings, gathered batch by batch while the output is being made.
 
     `add` each batch in output order (a worker thread can do it: the Arrow and numpy work
-    releases the GIL); once the last is in, `findings` and `format_problems` hold the same
-    counts and first examples the whole-table functions give, and `duplicates(table)` needs
-    only a sort of the keys gathered on the way.
+    releases the GIL); once the last is in, `findings`, `format_problems` and
+    `duplicates(table)` hold the same counts and first examples the whole-table functions give.
+
+    Duplicate keys are counted batch by batch too, while no company has rows in two batches
+    (the pipeline's batches hold whole files, one company each): then no key can repeat across
+    batches, and the end of the run does not wait for a sort of every key. Once a company spans
+    batches, `duplicates` sorts all the keys gathered on the way instead.
     """
 
     ROW_FINDINGS = {
@@ -233,6 +239,8 @@ class OutputProfile:
         self.rows_per_year: Counter[str] = Counter()
         self._company_ids: dict[str, int] = {}
         self._keys: list[np.ndarray] = []
+        self._companies_seen: set[str] = set()
+        self._duplicates: Finding | None = Finding(0)  # None: a company spans batches
 
     def add(self, batch: pa.Table) -> None:
         parsed = _Parsed(batch)
@@ -241,14 +249,24 @@ class OutputProfile:
         for column, problem in format_problems(batch, parsed).items():
             self.format_problems[column] = _merge(self.format_problems.get(column), problem)
         self.rows_per_year.update(rows_per_year(batch))
-        self._keys.append(_row_keys(batch, self._company_ids, self.rows, parsed))
+        keys = _row_keys(batch, self._company_ids, self.rows, parsed)
+        self._keys.append(keys)
         self.rows += batch.num_rows
+        if self._duplicates is not None:
+            companies = set(pc.unique(batch["company_name"]).to_pylist())
+            if companies.isdisjoint(self._companies_seen):
+                self._duplicates = _merge(self._duplicates, _duplicates_among(batch, keys))
+                self._companies_seen |= companies
+            else:
+                self._duplicates = None
 
     def duplicates(self, table: pa.Table) -> Finding:
         """Duplicate keys of `table`: the concatenation of every batch added, in order."""
+        if self.rows != table.num_rows:
+            raise ValueError(f"{self.rows} rows profiled, the table has {table.num_rows}")
+        if self._duplicates is not None:
+            return self._duplicates
         keys = np.concatenate(self._keys) if self._keys else np.empty(0, np.int64)
-        if len(keys) != table.num_rows:
-            raise ValueError(f"{len(keys)} rows profiled, the table has {table.num_rows}")
         return _duplicates_among(table, keys)
 
 
