@@ -27,7 +27,6 @@ from dagster import (
     multi_asset,
     observable_source_asset,
 )
-from dagster_aws.s3 import S3Resource
 
 from stock_assets.checks import (
     CSV,
@@ -62,7 +61,6 @@ from stock_assets.pipeline.output import (
 from stock_assets.pipeline.s3 import (
     ObjectReader,
     S3Object,
-    list_objects,
     listing_fingerprint,
     map_objects,
     presigned_get_session,
@@ -70,7 +68,7 @@ from stock_assets.pipeline.s3 import (
     s3_uri,
 )
 from stock_assets.pipeline.transform import OUTPUT_COLUMNS, CombinedOutput, FileResult
-from stock_assets.resources import PipelineSettings, PostgresResource
+from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 from stock_assets.settings import (
     FILTER_KEY,
     OUTPUT_KEY,
@@ -104,12 +102,10 @@ def _markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     description="Raw per-company CSVs under `Stocks/` in the source bucket. Not produced by "
     "Dagster: each observation records what is there (count, bytes, a listing fingerprint).",
 )
-def raw_stock_files(
-    context: AssetExecutionContext, s3: S3Resource, settings: PipelineSettings
-) -> ObserveResult:
+def raw_stock_files(s3: StockS3Resource, settings: PipelineSettings) -> ObserveResult:
     bucket = settings.naming.source_bucket
-    # snapshot=run id: the run's later steps reuse this listing (one listing per run).
-    objects = list_objects(s3.get_client(), bucket, STOCKS_PREFIX, snapshot=context.run_id)
+    # The run's later steps reuse this listing (see `StockS3Resource.list_objects`).
+    objects = s3.list_objects(bucket, STOCKS_PREFIX)
     fingerprint = listing_fingerprint(objects)
     largest = max(objects, key=lambda o: o.size, default=None)
     return ObserveResult(
@@ -146,7 +142,7 @@ def _load_filter(client: Any, bucket: str, max_files: int) -> CompanyFilter:
     description="`CompanyNames/top_companies.txt`, parsed and validated into the ordered list "
     "of files to process.",
 )
-def top_companies(context: AssetExecutionContext, s3: S3Resource, settings: PipelineSettings):
+def top_companies(context: AssetExecutionContext, s3: StockS3Resource, settings: PipelineSettings):
     client = s3.get_client()
     bucket = settings.naming.source_bucket
     try:
@@ -154,7 +150,7 @@ def top_companies(context: AssetExecutionContext, s3: S3Resource, settings: Pipe
     except Failure as err:
         yield result(TOP_COMPANIES, "filter_file_valid", False, {"problem": err.description})
         raise
-    present = {o.name for o in list_objects(client, bucket, STOCKS_PREFIX, snapshot=context.run_id)}
+    present = {o.name for o in s3.list_objects(bucket, STOCKS_PREFIX)}
     missing = [f for f in company_filter.files if f not in present]
     if missing:
         context.log.warning(f"{len(missing)} filter entries have no file under Stocks/")
@@ -331,7 +327,7 @@ TABLE_SPEC = AssetSpec(
 )
 def historical_stock_data(
     context: AssetExecutionContext,
-    s3: S3Resource,
+    s3: StockS3Resource,
     postgres: PostgresResource,
     settings: PipelineSettings,
 ):
@@ -350,7 +346,7 @@ def historical_stock_data(
 
 def _make_csv(
     context: AssetExecutionContext,
-    s3: S3Resource,
+    s3: StockS3Resource,
     settings: PipelineSettings,
     postgres: PostgresResource | None,
 ):
@@ -359,9 +355,7 @@ def _make_csv(
     client = s3.get_client()
     bucket = settings.naming.source_bucket
     company_filter = _load_filter(client, bucket, settings.max_files)
-    listing = {
-        o.name: o for o in list_objects(client, bucket, STOCKS_PREFIX, snapshot=context.run_id)
-    }
+    listing = {o.name: o for o in s3.list_objects(bucket, STOCKS_PREFIX)}
     selected = [listing[f] for f in company_filter.files if f in listing]
     limits = _input_limits(selected, settings)
     steps["list_seconds"] = time.perf_counter() - started

@@ -25,9 +25,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from dateutil.tz import tzutc
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from stock_assets.notifications import NotificationError, call_with_retry, sanitise_subject
+from stock_assets.pipeline.s3 import S3Object, list_objects
 from stock_assets.settings import DEFAULT_FIRST_NAME, DEFAULT_SURNAME, TABLE_NAME, Naming
 
 __all__ = [
@@ -52,6 +53,22 @@ class StockS3Resource(S3Resource):
     connect_timeout_seconds: float = Field(default=5.0)
     read_timeout_seconds: float = Field(default=30.0)
     max_pool_connections: int = Field(default=32)
+
+    # This initialisation's listings by (bucket, prefix); see `list_objects`.
+    _listings: dict[tuple[str, str], list[S3Object]] = PrivateAttr(default_factory=dict)
+
+    def list_objects(self, bucket: str, prefix: str) -> list[S3Object]:
+        """Every object under `prefix`, listed once per run and then reused.
+
+        Dagster initialises a resource once per run with the in-process executor (once per step
+        with the multiprocess one), each time as a new object. Three assets of a run look at
+        `Stocks/` one after the other: listing a full course bucket (7,000+ keys) once instead
+        of three times saves seconds, and every step of the run sees the same files.
+        """
+        key = (bucket, prefix)
+        if key not in self._listings:
+            self._listings[key] = list_objects(self.get_client(), bucket, prefix)
+        return list(self._listings[key])
 
     def get_client(self) -> Any:
         session = boto3.session.Session(

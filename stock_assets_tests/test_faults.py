@@ -15,7 +15,7 @@ from dagster import DagsterInstance, materialize
 from stock_assets.assets import RUN_META, historical_stock_data, raw_stock_files, top_companies
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 from stock_assets.settings import OUTPUT_KEY, STOCKS_PREFIX
-from stock_assets_tests.conftest import REPO_ROOT, table_rows
+from stock_assets_tests.conftest import REPO_ROOT, sample_files, table_rows
 from stock_assets_tests.faults import FaultyHttpProxy, HttpFault, TcpToUnixProxy
 from stock_assets_tests.test_pipeline import metadata, run_job
 
@@ -77,6 +77,31 @@ def test_a_refused_output_write_is_sent_again_whole(loaded, s3_proxy, s3_client,
     assert written["Metadata"][RUN_META] == result.run_id  # this run's write, the third try
     assert output_bytes(s3_client, naming) == loaded[1]
     assert sorted(table_rows(db)) == loaded[0]
+
+
+def test_each_run_lists_the_stock_files_once(loaded, s3_proxy, s3_client, naming):
+    def stock_listings() -> int:
+        return sum(
+            1
+            for method, path in s3_proxy.requests
+            if method == "GET" and "list-type=2" in path and "prefix=Stocks" in path
+        )
+
+    # Three assets of the run look at Stocks/; the run lists it once (one page: a small bucket).
+    assert run_job().success
+    assert stock_listings() == 1
+    # The next run lists again and sees a file added since.
+    body = b"Date,Open,High,Low,Close,Volume,OpenInt\n2017-11-10,1,2,0.5,1.5,10,0\n"
+    s3_client.put_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}new.us.txt", Body=body)
+    result = run_job()
+    assert result.success
+    assert stock_listings() == 2
+    [observation] = [
+        e.event_specific_data.asset_observation
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert observation.metadata["files"].value == len(sample_files()) + 1
 
 
 def test_s3_500s_on_the_output_write_fail_cleanly_after_bounded_retries(

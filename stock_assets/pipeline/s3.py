@@ -35,23 +35,8 @@ class S3Object:
         return self.key.rsplit("/", 1)[-1]
 
 
-# Listings kept for reuse within one run (see `list_objects`); only the latest run's.
-_snapshots: dict[tuple[str, str, str], list[S3Object]] = {}
-
-
-def list_objects(
-    client: Any, bucket: str, prefix: str, snapshot: str | None = None
-) -> list[S3Object]:
-    """Every object under `prefix`, following pagination (a listing page holds 1,000 keys).
-
-    `snapshot` (a run id): the first listing made under it is reused by later calls with the
-    same snapshot, bucket and prefix in this process. Three assets of a run look at `Stocks/`
-    one after the other; listing a full course bucket (7,000+ keys) three times costs seconds,
-    and one listing per run also means every step of the run sees the same files.
-    """
-    key = (snapshot or "", bucket, prefix)
-    if snapshot is not None and key in _snapshots:
-        return list(_snapshots[key])
+def list_objects(client: Any, bucket: str, prefix: str) -> list[S3Object]:
+    """Every object under `prefix`, following pagination (a listing page holds 1,000 keys)."""
     paginator = client.get_paginator("list_objects_v2")
     objects = []
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
@@ -63,10 +48,6 @@ def list_objects(
                     item["Key"], int(item["Size"]), item.get("ETag", ""), item.get("LastModified")
                 )
             )
-    if snapshot is not None:
-        if any(kept != snapshot for kept, _, _ in _snapshots):
-            _snapshots.clear()  # a new run: forget the last one's listings
-        _snapshots[key] = list(objects)
     return objects
 
 
