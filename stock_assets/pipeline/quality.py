@@ -136,7 +136,8 @@ def _casts_cleanly(table: pa.Table, parsed: _Parsed) -> bool:
 
 def format_problems(table: pa.Table, parsed: _Parsed | None = None) -> dict[str, Finding]:
     """Per column, values that are not what the spec's format says (empty dict: all good)."""
-    if _casts_cleanly(table, parsed or _Parsed(table)):
+    parsed = parsed or _Parsed(table)
+    if _casts_cleanly(table, parsed):
         return {}
     problems: dict[str, Finding] = {}
 
@@ -147,12 +148,11 @@ def format_problems(table: pa.Table, parsed: _Parsed | None = None) -> dict[str,
             problems[column] = Finding(int(n), _examples(table, pc.invert(ok), [column]))
 
     dates = table["stock_date"]
-    parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
     bad(
         "stock_date",
         pc.and_(
             pc.match_substring_regex(dates, r"^\d{4}-\d{2}-\d{2}$"),
-            pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), dates),
+            pc.equal(pc.strftime(parsed.dates()[0], format="%Y-%m-%d"), dates),
         ),
     )
     for column in [*_PRICE_OUTPUT, "value_change"]:
