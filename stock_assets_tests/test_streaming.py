@@ -12,6 +12,7 @@ import pytest
 from stock_assets.pipeline import quality
 from stock_assets.pipeline.load import LoadCheckFailed, PipelinedLoad, load_csv
 from stock_assets.pipeline.output import (
+    ChunksReader,
     CsvOutput,
     build_output,
     content_fingerprint,
@@ -246,9 +247,7 @@ def test_csv_written_alone_sums_its_line_checksums_as_the_table_side_would():
 def test_upload_body_reads_the_chunks_as_one_stream():
     chunks = [b"ab\n", b"", b"cdef\n", b"g\n" * 5000, b"h\n"]
     whole = b"".join(chunks)
-    csv_output = CsvOutput()
-    csv_output._chunks = list(chunks)
-    body = csv_output.body()
+    body = ChunksReader(chunks)
     assert body.read() == whole and body.read() == b""
     assert body.seek(0, io.SEEK_END) == len(whole) == body.tell()  # botocore's Content-Length
     body.seek(0)
@@ -264,3 +263,10 @@ def test_upload_body_reads_the_chunks_as_one_stream():
     with pytest.raises(ValueError):
         body.seek(-1)
     assert CsvOutput().body().read() == b""  # no rows: an empty object
+    # A CSV built chunk by chunk uploads exactly its bytes.
+    table = combine(transform_files(_files())).table
+    built = CsvOutput(rows_per_chunk=3)
+    for start in range(0, table.num_rows, 5):
+        built.add(table.slice(start, 5))
+    built.close()
+    assert built.body().read() == output_csv_bytes(table)
