@@ -1,4 +1,4 @@
-"""Dagster resources: S3 (dagster-aws), PostgreSQL, and the pipeline's settings.
+"""Dagster resources: S3 (dagster-aws), PostgreSQL, SNS, and the pipeline's settings.
 
 AWS endpoints and credentials come from boto3's own variables (`AWS_ENDPOINT_URL`,
 `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …, or an IAM role), so the same code talks to AWS or moto.

@@ -5,8 +5,9 @@
 - `sns_on_pipeline_success` / `sns_on_pipeline_failure`: every finished pipeline run (the job, or
   assets materialised from the UI), however it was launched, ends in one email through SNS.
 
-The message text is built by the Dagster-free `stock_assets.notifications`; this module only reads
-S3 listings, run tags and run events.
+The message text is built by the Dagster-free `stock_assets.notifications`; this module reads S3
+listings, run tags and run events, publishes through the SNS resource, and records each
+notification's outcome on its run (a tag and an engine event).
 """
 
 import hashlib
