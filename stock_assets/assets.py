@@ -61,6 +61,7 @@ from stock_assets.pipeline.output import (
 from stock_assets.pipeline.s3 import (
     ObjectReader,
     S3Object,
+    files_directly_under,
     listing_fingerprint,
     map_objects,
     presigned_get_session,
@@ -150,7 +151,7 @@ def top_companies(context: AssetExecutionContext, s3: StockS3Resource, settings:
     except Failure as err:
         yield result(TOP_COMPANIES, "filter_file_valid", False, {"problem": err.description})
         raise
-    present = {o.name for o in s3.list_objects(bucket, STOCKS_PREFIX)}
+    present = files_directly_under(s3.list_objects(bucket, STOCKS_PREFIX), STOCKS_PREFIX)
     missing = [f for f in company_filter.files if f not in present]
     if missing:
         context.log.warning(f"{len(missing)} filter entries have no file under Stocks/")
@@ -355,7 +356,7 @@ def _make_csv(
     client = s3.get_client()
     bucket = settings.naming.source_bucket
     company_filter = _load_filter(client, bucket, settings.max_files)
-    listing = {o.name: o for o in s3.list_objects(bucket, STOCKS_PREFIX)}
+    listing = files_directly_under(s3.list_objects(bucket, STOCKS_PREFIX), STOCKS_PREFIX)
     selected = [listing[f] for f in company_filter.files if f in listing]
     limits = _input_limits(selected, settings)
     steps["list_seconds"] = time.perf_counter() - started
@@ -491,7 +492,7 @@ def _csv_materialization(
             "rows_rejected": combined.rows_rejected,
             "open_zero_rows": sum(f.open_zero_rows for f in results),
             "files_selected": files_selected,
-            "files_read": len(results),
+            "files_read": sum(1 for f in results if not f.skip_reason),
             "files_skipped": len(skipped),
             "skipped_files": MetadataValue.md(
                 _markdown_table(["file", "reason"], [[f.file_name, f.skip_reason] for f in skipped])

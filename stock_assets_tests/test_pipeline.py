@@ -72,6 +72,27 @@ def test_empty_file_is_reported_under_output_rejected(seeded_stack, s3_client, n
     assert "empty" in rows[0]["reason"]
 
 
+def test_files_read_and_skipped_add_up_to_the_files_selected(seeded_stack):
+    result = run_job()
+    meta = metadata(result, "historical_stock_data_csv")
+    assert meta["files_skipped"] == 1  # bxg.us.csv is empty
+    assert meta["files_read"] + meta["files_skipped"] == meta["files_selected"]
+
+
+def test_a_file_in_a_subfolder_of_stocks_does_not_stand_in_for_the_named_file(
+    seeded_stack, s3_client, naming, db
+):
+    assert run_job().success
+    expected = output_lines(s3_client, naming)
+    name = "tmusp.us.csv"  # in the filter: its rows open the CSV (FIRST_LINE)
+    # Same file name one level down, listed after Stocks/<name>: it must not replace it.
+    other = b"Date,Open,High,Low,Close,Volume,OpenInt\n1999-01-04,1,1,1,1,1,0\n"
+    s3_client.put_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}zz/{name}", Body=other)
+    assert run_job().success
+    assert output_lines(s3_client, naming) == expected
+    assert not any(line.startswith("1999-01-04") for line in expected)
+
+
 def test_second_run_changes_nothing(seeded_stack, s3_client, naming, db):
     assert run_job().success
     first_csv, first_rows = output_lines(s3_client, naming), sorted(table_rows(db))

@@ -9,7 +9,7 @@ import hashlib
 import os
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +49,12 @@ def list_objects(client: Any, bucket: str, prefix: str) -> list[S3Object]:
                 )
             )
     return objects
+
+
+def files_directly_under(objects: Iterable[S3Object], prefix: str) -> dict[str, S3Object]:
+    """The objects directly under `prefix`, by file name. A key in a deeper "folder"
+    (`Stocks/archive/x.csv`) has the same name as `Stocks/x.csv` and must not stand in for it."""
+    return {o.name: o for o in objects if o.key == prefix + o.name}
 
 
 def listing_fingerprint(objects: Sequence[S3Object]) -> str:
