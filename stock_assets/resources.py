@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import boto3
 import botocore.loaders
@@ -133,12 +133,24 @@ def psycopg2_dsn(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, fit for logs and the UI."""
-    parts = urlsplit(psycopg2_dsn(url))
+    """The connection string without its password, fit for logs and the UI: masked in a URL's
+    user part and in a `password` parameter, of a URL's query or of a `key=value` string."""
+    dsn = psycopg2_dsn(url)
+    parts = urlsplit(dsn)
+    if parts.scheme != "postgresql":  # libpq's key=value form
+        return _KEY_VALUE_PASSWORD.sub(r"\1***", dsn)
+    netloc = parts.netloc
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return parts.geturl()
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k == "password" for k, _ in pairs):
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*/")
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+# password=secret or password='se cret' (libpq quotes values with spaces; \ escapes inside).
+_KEY_VALUE_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 
 
 DATABASE_URL_ENV = "STOCK_ASSETS_DATABASE_URL"

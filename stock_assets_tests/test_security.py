@@ -13,7 +13,7 @@ from psycopg2 import sql
 from stock_assets import iam
 from stock_assets.pipeline.load import load_csv
 from stock_assets.pipeline.quality import ChecksummingReader
-from stock_assets.resources import PostgresResource, redact_url
+from stock_assets.resources import PostgresResource, psycopg2_dsn, redact_url
 from stock_assets.settings import Naming
 from stock_assets_tests.conftest import REPO_ROOT
 from stock_assets_tests.faults import TcpToUnixProxy
@@ -107,6 +107,16 @@ def test_sslmode_require_is_honoured(local_stack):
 def test_passwords_never_reach_logs_or_the_ui():
     shown = redact_url("postgresql+psycopg2://app:s3cr3t@db.example.com:5432/prod?sslmode=require")
     assert "s3cr3t" not in shown and "app:***@db.example.com" in shown
+    # libpq also takes the password as a URL parameter, and connection strings as key=value.
+    shown = redact_url("postgresql://app@db:5432/prod?password=s3cr3t&sslmode=require")
+    assert shown == "postgresql://app@db:5432/prod?password=***&sslmode=require"
+    shown = redact_url("host=db user=app password=s3cr3t dbname=prod")
+    assert shown == "host=db user=app password=*** dbname=prod"
+    shown = redact_url("host=db password = 'se cr\\'et' dbname=prod")
+    assert shown == "host=db password = *** dbname=prod"
+    # And each form still connects as given: only what is shown changes.
+    for dsn in ["host=db password=x", "postgresql://u:p@h/d?password=q"]:
+        assert psycopg2.extensions.parse_dsn(psycopg2_dsn(dsn))
 
 
 def test_hostile_table_names_are_quoted_not_injected(clean_stack, db):
