@@ -29,6 +29,7 @@ class HttpFault:
     delay: float = 0.0  # wait this long before answering
     drop: bool = False  # close the connection without an answer
     corrupt: bool = False  # forward, then flip the answer's first byte (headers kept)
+    truncate: bool = False  # forward the headers, then half the body, then close the connection
     times: int | None = None  # None: every matching request
     hits: int = 0
 
@@ -91,7 +92,12 @@ class FaultyHttpProxy:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                if self.command != "HEAD":
+                if fault and fault.truncate and data:
+                    self.wfile.write(data[: len(data) // 2])  # short of its Content-Length
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 upstream.close()
 

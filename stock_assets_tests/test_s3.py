@@ -6,7 +6,9 @@ import uuid
 import zlib
 from urllib.parse import parse_qs, urlsplit
 
+import boto3
 import pytest
+from botocore.config import Config
 from botocore.exceptions import FlexibleChecksumError, ReadTimeoutError
 
 from stock_assets.pipeline.s3 import (
@@ -93,6 +95,25 @@ def test_an_unclean_answer_is_read_again_through_get_object(proxy, bucket, fault
     (first, _), (second, headers) = gets_of(proxy, key)
     assert is_presigned(first)
     assert not is_presigned(second) and headers["authorization"].startswith("AWS4-HMAC-SHA256")
+
+
+def test_a_truncated_answer_is_read_again_even_without_a_checksum(proxy, bucket, s3_client):
+    # An object stored without a checksum: nothing but the length can tell a short body.
+    plain = boto3.client(
+        "s3",
+        endpoint_url=s3_client.meta.endpoint_url,
+        config=Config(request_checksum_calculation="when_required"),
+    )
+    key, body = "Stocks/plain.csv", b"Date,Open\n2020-01-02,1.5\n" * 200
+    plain.put_object(Bucket=bucket, Key=key, Body=body)
+    assert "ChecksumCRC32" not in s3_client.head_object(
+        Bucket=bucket, Key=key, ChecksumMode="ENABLED"
+    )
+    fault = HttpFault(method="GET", truncate=True, times=1)
+    proxy.faults.append(fault)
+    reader = reader_through(proxy, bucket)
+    assert reader.read(key) == body
+    assert fault.hits == 1 and reader.fallbacks == 1
 
 
 def test_a_body_that_stays_corrupted_fails_botocores_checksum_validation(proxy, bucket):

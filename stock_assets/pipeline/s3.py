@@ -96,9 +96,10 @@ class ObjectReader:
     measured on the local stack, 1,000 GETs cost 1.55 CPU-s through `get_object` and 0.84 this way,
     most of the difference time holding the GIL the transformation needs.
 
-    Only a clean answer is taken from that path: status 200, and its CRC-32 equal to the one S3
-    returns (the URL asks for it, as `get_object` does). Anything else — an error status, a
-    timeout, a refused connection, another checksum algorithm — and the object is read again
+    Only a clean answer is taken from that path: status 200, the whole Content-Length, and its
+    CRC-32 equal to the one S3 returns (the URL asks for it, as `get_object` does). Anything
+    else — an error status, a timeout, a refused connection, a short body, another checksum
+    algorithm — and the object is read again
     with `get_object`. So retries (botocore's standard mode), error messages and checksum
     validation remain botocore's; the first failed try is extra. `fallbacks` counts those
     re-reads. `presigned=None` reads everything with `get_object`.
@@ -140,7 +141,12 @@ class ObjectReader:
             if response.status_code != 200:
                 return None
             body = response.content
-        except BotoCoreError:  # timeouts, refused or dropped connections, a truncated body
+        except BotoCoreError:  # timeouts, refused or dropped connections
+            return None
+        # botocore's HTTP session does not enforce Content-Length (get_object's body does): a
+        # connection closed early would pass for the whole object where S3 sent no checksum.
+        length = response.headers.get("content-length")
+        if length is None or int(length) != len(body):
             return None
         return body if _checksum_matches(response.headers, body) else None
 
