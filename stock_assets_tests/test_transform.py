@@ -126,3 +126,32 @@ def test_format_floats_is_pythons_repr_for_edge_and_random_values():
         ]
     )
     assert format_floats(values).to_pylist() == [repr(float(v)) for v in values]
+
+
+HEADER = b"Date,Open,High,Low,Close,Volume,OpenInt\n"
+GOOD = b"2020-01-02,1.0,2.0,0.5,1.5,5,0\n"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        b"2020-01-03,1.0," + b"9" * 400 + b",0.5,1.5,5,0\n",  # a price that parses as inf
+        b"2020-01-03,0." + b"0" * 307 + b"1,2.0,0.0,1.0,5,0\n",  # change / 1e-308: inf percent
+    ],
+    ids=["price", "percentage"],
+)
+def test_a_row_whose_numbers_overflow_a_double_is_rejected_not_written_as_inf(row):
+    # Both paths: the file alone (the fast path would take it) and with a padded field (general).
+    for data in [HEADER + GOOD + row, HEADER + b"2020-01-02, 1.0,2.0,0.5,1.5,5,0\n" + row]:
+        result = transform_file("x.us.csv", data)
+        assert result.rows_read == 2 and result.table.num_rows == 1
+        [rejected] = result.rejected
+        assert rejected.line == 3 and "overflows a double" in rejected.reason
+        assert b"inf" not in output_csv_bytes(result.table)
+
+
+def test_tab_padding_is_trimmed_like_space_padding():
+    tabbed = transform_file("x.us.csv", HEADER + b"2020-01-02,\t1.0,2.0,0.5,1.5,5,0\n")
+    spaced = transform_file("x.us.csv", HEADER + b"2020-01-02, 1.0,2.0,0.5,1.5,5,0\n")
+    assert tabbed.rejected == spaced.rejected == []
+    assert output_csv_bytes(tabbed.table) == output_csv_bytes(spaced.table)

@@ -238,6 +238,13 @@ def _first_problem(table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
             "Volume is not a non-negative integer",
         )
     )
+    # Only rows whose prices passed above are parsed; the others already have their problem.
+    prices_ok = pc.and_(pc.and_(checks[1][0], checks[2][0]), pc.and_(checks[3][0], checks[4][0]))
+    floats = [
+        pc.cast(pc.if_else(prices_ok, table[name], pa.scalar("0")), pa.float64())
+        for name in PRICE_COLUMNS
+    ]
+    checks.append((pa.array(~_overflowing_rows(floats)), _OVERFLOW_REASON))
     all_ok = np.ones(n, dtype=bool)
     for ok, reason in checks:
         ok_np = ok.to_numpy(zero_copy_only=False).astype(bool)
@@ -246,6 +253,25 @@ def _first_problem(table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
             problems[i] = reason
         all_ok &= ok_np
     return all_ok, problems
+
+
+_OVERFLOW_REASON = "a price, or the change or percentage computed from it, overflows a double"
+
+
+def _overflowing_rows(floats: Sequence[pa.Array | pa.ChunkedArray]) -> np.ndarray:
+    """Rows whose numbers a double cannot hold: a price of hundreds of digits parses as inf, and
+    an Open of 1e-308 makes any change an infinite percentage. The output would print `inf`,
+    which the spec's format never has; such rows are rejected instead."""
+    open_np, high_np, low_np, close_np = (
+        np.asarray(f.to_numpy(zero_copy_only=False), dtype=np.float64) for f in floats
+    )
+    with np.errstate(all="ignore"):
+        change = close_np - open_np
+        percent = change / open_np * 100.0
+    finite = np.isfinite(open_np) & np.isfinite(high_np) & np.isfinite(low_np)
+    finite &= np.isfinite(close_np) & np.isfinite(change)
+    finite &= (open_np == 0.0) | np.isfinite(percent)
+    return ~finite
 
 
 def _line_numbers(n_parsed: int, malformed: Sequence[RejectedRow]) -> np.ndarray:
@@ -333,7 +359,7 @@ def _transform_general(data: bytes, result: FileResult) -> None:
     if raw.num_rows and raw["Date"][-1].as_py() == "" and data.endswith((b"\n\n", b"\r\n\r\n")):
         raw = raw.slice(0, raw.num_rows - 1)
         result.rows_read -= 1
-    if b"\r" in data or b" " in data:  # tolerate CRLF line ends and padding around fields
+    if b"\r" in data or b" " in data or b"\t" in data:  # CRLF line ends, padding around fields
         for index, name in enumerate(RAW_COLUMNS):
             raw = raw.set_column(index, name, pc.utf8_trim_whitespace(raw[name]))
 
@@ -408,6 +434,8 @@ def _transform_clean_file(data: bytes, result: FileResult) -> bool:
         return False
     if days[0] < _FAST_FIRST_DAY or days[-1] > _FAST_LAST_DAY or not np.all(days[1:] > days[:-1]):
         return False
+    if _overflowing_rows(floats).any():
+        return False
     result.rows_read = n
     result.table, open_zero = _output_table(
         raw, floats, volume, pa.repeat(pa.scalar(company_name(result.file_name)), n)
@@ -480,6 +508,7 @@ def _transform_clean_batch(files: list[tuple[FileResult, bytes]]) -> list[bool]:
     bad_row = (days < _FAST_FIRST_DAY) | (days > _FAST_LAST_DAY)
     bad_row[1:] |= days[1:] <= days[:-1]
     bad_row[starts] &= (days[starts] < _FAST_FIRST_DAY) | (days[starts] > _FAST_LAST_DAY)
+    bad_row |= _overflowing_rows(floats)
     bad_files = set(np.searchsorted(starts, np.flatnonzero(bad_row), side="right") - 1)
     accepted = [ok and i not in bad_files for i, ok in enumerate(dashes_ok)]
 
@@ -516,7 +545,9 @@ def _output_table(
     which rows have Open = 0."""
     open_np, close_np = floats[0].to_numpy(), floats[3].to_numpy()
     open_zero = open_np == 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # Overflowing rows are rejected before output (see `_overflowing_rows`); a batch may still
+    # compute them here before the fast path turns it down.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         change_np = close_np - open_np
         # (Close − Open) / Open × 100; undefined where Open is 0, so that field stays empty.
         percent_np = change_np / open_np * 100.0
