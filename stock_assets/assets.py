@@ -11,6 +11,7 @@ import contextlib
 import time
 from typing import Any
 
+import psycopg2
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -447,13 +448,23 @@ def _make_csv(
                 loaded = load.commit(duplicates, deep=settings.deep_table_checks)
             except LoadCheckFailed as err:
                 yield from _failed_table_checks(err)
-            preview = preview_rows(load.connection, 5, postgres.table)
+            preview = _preview_after_commit(context, load.connection, postgres.table)
             source = {
                 "run_id": context.run_id,
                 "fingerprint": fingerprint,
                 "rows": str(csv_output.rows),
             }
             yield _table_materialization(context, loaded, preview, bucket, source, postgres)
+
+
+def _preview_after_commit(context: AssetExecutionContext, conn: Any, table: str) -> list[tuple]:
+    """A few rows for the UI, read after COMMIT. The load has happened by then, so a failure
+    here is logged, not raised: a failed run would tell people the table is unchanged."""
+    try:
+        return preview_rows(conn, 5, table)
+    except psycopg2.Error as err:
+        context.log.warning(f"{table} was loaded, but its preview could not be read: {err}")
+        return []
 
 
 def _csv_crc32(csv_output: CsvOutput, load: PipelinedLoad | None) -> int:
@@ -596,7 +607,7 @@ def _load_table_from_object(
             loaded = load_csv(conn, reader, checks=checks, table=postgres.table)
         except LoadCheckFailed as err:
             yield from _failed_table_checks(err)
-        preview = preview_rows(conn, 5, postgres.table)
+        preview = _preview_after_commit(context, conn, postgres.table)
     source = {
         "run_id": object_meta.get(RUN_META, "unknown"),
         "fingerprint": object_meta.get(FINGERPRINT_META, head["ETag"].strip('"')),

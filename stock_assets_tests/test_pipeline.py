@@ -93,6 +93,24 @@ def test_a_file_in_a_subfolder_of_stocks_does_not_stand_in_for_the_named_file(
     assert not any(line.startswith("1999-01-04") for line in expected)
 
 
+def test_a_preview_that_fails_after_commit_does_not_fail_the_loaded_run(
+    seeded_stack, monkeypatch, db
+):
+    import psycopg2
+
+    import stock_assets.assets
+
+    def server_gone(*_args):  # the connection dropping between COMMIT and the preview query
+        raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(stock_assets.assets, "preview_rows", server_gone)
+    result = run_job()
+    assert result.success
+    meta = metadata(result, "historical_stocks_data")
+    assert meta["dagster/row_count"] == len(table_rows(db)) > 0
+    assert meta["preview"].count("\n") == 1  # the header and its rule: no rows to show
+
+
 def test_second_run_changes_nothing(seeded_stack, s3_client, naming, db):
     assert run_job().success
     first_csv, first_rows = output_lines(s3_client, naming), sorted(table_rows(db))
