@@ -370,9 +370,12 @@ def _make_csv(
         if f not in listing
     ]
 
-    reader = ObjectReader(client, bucket, presigned_get_session(client, s3.verify))
     table_load = PipelinedLoad(postgres.connect, postgres.table) if postgres is not None else None
-    with table_load or contextlib.nullcontext() as load:
+    with (
+        contextlib.closing(presigned_get_session(client, s3.verify)) as http,
+        table_load or contextlib.nullcontext() as load,
+    ):
+        reader = ObjectReader(client, bucket, http)
         mark = time.perf_counter()
         # Downloads (a thread pool, in order), transformation in batches, CSV chunks, and the
         # COPY of those chunks into the table (another thread) all overlap.

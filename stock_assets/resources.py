@@ -20,6 +20,7 @@ import botocore.parsers
 import botocore.session
 import botocore.utils
 import psycopg2
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from dagster import ConfigurableResource
@@ -90,8 +91,9 @@ class StockS3Resource(S3Resource):
                 read_timeout=self.read_timeout_seconds,
                 max_pool_connections=self.max_pool_connections,
                 # SigV4 for presigned URLs too (botocore still presigns S3 with SigV2 unless
-                # told; regions opened since 2014 accept only SigV4).
-                signature_version="s3v4",
+                # told; regions opened since 2014 accept only SigV4). dagster-aws's
+                # use_unsigned_session (public buckets) is honoured: no signature at all.
+                signature_version=UNSIGNED if self.use_unsigned_session else "s3v4",
             ),
         )
 

@@ -98,11 +98,11 @@ class ObjectReader:
 
     Only a clean answer is taken from that path: status 200, the whole Content-Length, and its
     CRC-32 equal to the one S3 returns (the URL asks for it, as `get_object` does). Anything
-    else — an error status, a timeout, a refused connection, a short body, another checksum
-    algorithm — and the object is read again
-    with `get_object`. So retries (botocore's standard mode), error messages and checksum
-    validation remain botocore's; the first failed try is extra. `fallbacks` counts those
-    re-reads. `presigned=None` reads everything with `get_object`.
+    else (an error status, a timeout, a refused connection, a short body, another checksum
+    algorithm) and the object is read again with `get_object`. So retries (botocore's standard
+    mode), error messages and checksum validation remain botocore's; the first failed try is
+    extra. `fallbacks` counts those re-reads. `presigned=None` reads everything with
+    `get_object`. The caller owns the session (and closes it).
     """
 
     def __init__(
