@@ -22,11 +22,11 @@ REJECTED_PREFIX = "Output/rejected/"
 SCRIPTS_PREFIX = "Scripts/"
 SOURCE_FOLDERS = ("CompanyNames/", "Output/", "Scripts/", "Stocks/")
 
-_NAME_PART = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+_NAME_PART = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # whole value: fullmatch
 
 
 def _slug(part: str) -> str:
-    return part.strip().lower().replace(" ", "-")
+    return part.strip().lower()
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,13 @@ class Naming:
 
     def __post_init__(self) -> None:
         for label, value in (("first name", self.first_name), ("surname", self.surname)):
-            if not _NAME_PART.match(value.strip()):
+            if not _NAME_PART.fullmatch(value.strip()):
                 raise ValueError(
                     f"{label} {value!r} must start with a letter and hold only letters, "
                     "digits and '-' (it becomes part of bucket names and email subjects)"
                 )
-        if self.cohort is not None and not re.match(r"^[A-Za-z0-9-]+$", self.cohort):
+        # fullmatch: `$` would let a trailing newline into bucket names and email subjects.
+        if self.cohort is not None and not re.fullmatch(r"[A-Za-z0-9-]+", self.cohort):
             raise ValueError(f"cohort {self.cohort!r} must hold only letters, digits and '-'")
 
     @property

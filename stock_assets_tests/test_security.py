@@ -132,3 +132,19 @@ def test_hostile_table_names_are_quoted_not_injected(clean_stack, db):
         cur.execute(sql.SQL("SELECT company_name FROM {}").format(sql.Identifier(name)))
         assert cur.fetchall() == [("x",)]
         cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cohort": "FTDE2301\n"},  # `$` alone would let the newline through
+        {"cohort": "FT DE"},
+        {"first_name": "Dora\nX-Injected: 1"},
+        {"surname": "Explorer;"},
+        {"first_name": "1Dora"},
+    ],
+)
+def test_names_that_would_break_bucket_names_or_subjects_are_refused(fields):
+    with pytest.raises(ValueError):
+        Naming(**fields)
+    assert Naming(cohort="FTDE2301").source_bucket.startswith("ftde2301-mbd-predict-")
