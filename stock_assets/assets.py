@@ -161,7 +161,7 @@ def top_companies(context: AssetExecutionContext, s3: StockS3Resource, settings:
         result(
             TOP_COMPANIES,
             "filter_file_valid",
-            True,
+            not invalid,
             {
                 "entries": company_filter.entries,
                 "files_selected": len(company_filter.files),
@@ -170,6 +170,12 @@ def top_companies(context: AssetExecutionContext, s3: StockS3Resource, settings:
                 "invalid_entries": len(invalid),
                 "invalid_examples": MetadataValue.json(invalid[:20]),
             },
+            # Unusable entries are dropped, the rest is read: a warning, not a stop.
+            blocking=not invalid,
+            description=f"{len(invalid)} entries are not usable file names and were dropped: "
+            + "; ".join(invalid[:5])
+            if invalid
+            else None,
         ),
         finding_result(
             TOP_COMPANIES, "filter_names_have_files", quality.Finding(len(missing), missing[:10])

@@ -33,7 +33,8 @@ def _spec(asset: AssetKey, name: str, description: str, blocking: bool) -> Asset
 
 TOP_COMPANIES_CHECKS = [
     _spec(TOP_COMPANIES, "filter_file_valid",
-          "Filter file exists, is non-empty text, names at most max_files valid .csv files.", True),
+          "Filter file exists, is non-empty text, names at most max_files valid .csv files "
+          "(warns when some entries are not usable file names: they are dropped).", True),
     _spec(TOP_COMPANIES, "filter_names_have_files",
           "Every name in the filter has a file under Stocks/ (warns otherwise).", False),
 ]  # fmt: skip
@@ -74,13 +75,18 @@ def result(
     blocking: bool = True,
     description: str | None = None,
 ) -> AssetCheckResult:
-    """A check result; a failure is an ERROR when the check blocks, else a WARN."""
+    """A check result; a failure is an ERROR when the check blocks, else a WARN. A failure's
+    description defaults to its metadata's "problem" (the UI and the run's email show it)."""
+    metadata = metadata or {}
+    if description is None and not passed and "problem" in metadata:
+        problem = metadata["problem"]
+        description = str(getattr(problem, "value", problem))
     return AssetCheckResult(
         asset_key=asset,
         check_name=name,
         passed=passed,
         severity=AssetCheckSeverity.ERROR if blocking else AssetCheckSeverity.WARN,
-        metadata=metadata or {},
+        metadata=metadata,
         description=description,
     )
 

@@ -151,6 +151,23 @@ def test_bad_filter_file_fails_the_filter_check_and_leaves_everything(
     assert_untouched(loaded, db, s3_client, naming)
 
 
+def test_unusable_filter_entries_warn_and_the_rest_is_loaded(seeded_stack, s3_client, naming, db):
+    body = s3_client.get_object(Bucket=naming.source_bucket, Key=FILTER_KEY)["Body"].read()
+    s3_client.put_object(
+        Bucket=naming.source_bucket, Key=FILTER_KEY, Body=body.rstrip() + b", 'msft.us.txt'"
+    )
+    result = run_job()
+    assert result.success  # a typo in the filter does not stop the run ...
+    [evaluation] = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "filter_file_valid"
+    ]
+    # ... but it is not silent: a warning naming the dropped entry, shown in the UI and email.
+    assert (evaluation.passed, evaluation.severity) == (False, AssetCheckSeverity.WARN)
+    assert "'msft.us.txt': not a .csv file name" in evaluation.description
+    assert evaluation.metadata["invalid_entries"].value == 1
+    assert len(table_rows(db)) > 0
+
+
 def test_tampered_csv_object_fails_the_table_check_and_rolls_back(loaded, s3_client, naming, db):
     head = s3_client.head_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)
     body = loaded[1].replace(b",tmusp\n", b",tmusq\n", 1)
@@ -162,6 +179,11 @@ def test_tampered_csv_object_fails_the_table_check_and_rolls_back(loaded, s3_cli
     passed, severity, meta = checks(result)["table_matches_csv"]
     assert (passed, severity) == (False, AssetCheckSeverity.ERROR)
     assert "content changed" in meta["problem"]
+    # The problem is the failure's description too: the UI and the run's email show it.
+    [evaluation] = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "table_matches_csv"
+    ]
+    assert "content changed" in evaluation.description
     assert sorted(table_rows(db)) == loaded[0]
 
 

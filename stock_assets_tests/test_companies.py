@@ -33,6 +33,21 @@ def test_unsafe_or_non_csv_names_are_refused_with_a_reason(entry):
     assert parsed.invalid[0].reason
 
 
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ("ABC.CSV", "lower case"),
+        ("a" * 57 + ".us.csv", "over 56 characters"),  # would not fit company_name VARCHAR(56)
+    ],
+)
+def test_names_the_pipeline_could_not_load_are_refused_with_the_real_reason(entry, reason):
+    parsed = parse_company_filter(f"'a.us.csv', '{entry}'".encode())
+    assert parsed.files == ["a.us.csv"]
+    [invalid] = parsed.invalid
+    assert invalid.entry == entry and reason in invalid.reason
+    assert parse_company_filter(f"'{'a' * 56}.us.csv'".encode()).invalid == []
+
+
 @pytest.mark.parametrize("content", [b"", b"   \n\t ", b"'', ''"])
 def test_blank_filter_is_a_clear_error(content):
     with pytest.raises(FilterFileError, match="names no files"):

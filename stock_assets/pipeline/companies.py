@@ -43,13 +43,23 @@ def company_name(file_name: str) -> str:
     return file_name.split(".", 1)[0]
 
 
+# The table's company_name column is VARCHAR(56) (the course's schema): a longer name would
+# make the COPY fail after the CSV was already written.
+MAX_COMPANY_NAME = 56
+
+
 def _entry_problem(name: str) -> str | None:
     if "/" in name or "\\" in name or ".." in name:
         return "a path, not a file name: only files directly under Stocks/ may be read"
-    if not name.lower().endswith(".csv"):
-        return "not a .csv file name"
+    if not name.endswith(".csv"):
+        return "not a .csv file name (it must end in '.csv', lower case)"
     if not _SAFE_FILE_NAME.match(name):
         return "contains characters outside letters, digits, '_', '-' and '.'"
+    if len(company_name(name)) > MAX_COMPANY_NAME:
+        return (
+            f"its company name (up to the first '.') is over {MAX_COMPANY_NAME} characters, "
+            "longer than the table's company_name column"
+        )
     return None
 
 
