@@ -10,7 +10,13 @@ import pyarrow as pa
 import pytest
 
 from stock_assets.pipeline import quality
-from stock_assets.pipeline.load import LoadCheckFailed, PipelinedLoad, load_csv
+from stock_assets.pipeline.load import (
+    LoadCheckFailed,
+    PipelinedLoad,
+    TableLoad,
+    check_table_matches_csv,
+    load_csv,
+)
 from stock_assets.pipeline.output import (
     ChunksReader,
     CsvOutput,
@@ -19,6 +25,7 @@ from stock_assets.pipeline.output import (
     csv_lines,
     output_csv_bytes,
 )
+from stock_assets.pipeline.quality import ChecksummingReader
 from stock_assets.pipeline.transform import combine, transform_files
 from stock_assets_tests.conftest import sample_files, table_rows
 
@@ -203,8 +210,29 @@ def test_a_wrong_row_count_fails_the_check_and_rolls_back(clean_stack, db):
     with PipelinedLoad(_connect(url)) as load:
         load.write(b"2020-01-02,1.0,1.0,1.0,1.0,1,0.0,0.0,new\n")
         load.finish(2)
-        with pytest.raises(LoadCheckFailed, match="table would hold 1 rows, the CSV has 2"):
+        with pytest.raises(
+            LoadCheckFailed, match="table would hold 1 rows from 1 lines streamed; the CSV has 2"
+        ):
             load.commit(csv_duplicates=0)
+    assert table_rows(db) == before
+
+
+def test_a_load_whose_check_failed_cannot_be_committed_even_if_the_failure_is_caught(
+    clean_stack, db
+):
+    url = clean_stack.env["STOCK_ASSETS_DATABASE_URL"]
+    before = _load_old_rows(url)
+    conn = psycopg2.connect(url)
+    try:
+        with TableLoad(conn) as load:
+            load.copy(io.BytesIO(b"2020-01-02,1.0,1.0,1.0,1.0,1,0.0,0.0,new\n"))
+            reader = ChecksummingReader(io.BytesIO(b""))
+            with pytest.raises(LoadCheckFailed):
+                load.check([check_table_matches_csv(2, None, reader)])
+            with pytest.raises(LoadCheckFailed):
+                load.commit()
+    finally:
+        conn.close()
     assert table_rows(db) == before
 
 
@@ -262,6 +290,11 @@ def test_upload_body_reads_the_chunks_as_one_stream():
     assert body.readinto(buffer) == len(whole) and bytes(buffer[: len(whole)]) == whole
     with pytest.raises(ValueError):
         body.seek(-1)
+    with pytest.raises(ValueError):
+        body.seek(0, 3)
+    body.close()
+    with pytest.raises(ValueError):  # like any closed file
+        body.read(1)
     assert CsvOutput().body().read() == b""  # no rows: an empty object
     # A CSV built chunk by chunk uploads exactly its bytes.
     table = combine(transform_files(_files())).table

@@ -113,7 +113,10 @@ def check_table_matches_csv(
             "csv_checksum_crc32": str(expected_crc32),
         }
         if rows != expected_rows or reader.lines != expected_rows:
-            metadata["problem"] = f"table would hold {rows} rows, the CSV has {expected_rows}"
+            metadata["problem"] = (
+                f"table would hold {rows} rows from {reader.lines} lines streamed; "
+                f"the CSV has {expected_rows}"
+            )
         elif expected_crc32 is not None and streamed["crc32"] != expected_crc32:
             metadata["problem"] = "the CSV object's content changed since the CSV asset wrote it"
         elif table_checksum != streamed[algorithm]:
@@ -204,6 +207,9 @@ class TableLoad:
         return self.outcomes
 
     def commit(self) -> LoadResult:
+        failed = [o for o in self.outcomes if not o.passed]
+        if failed:  # a caller that caught LoadCheckFailed cannot commit anyway
+            raise LoadCheckFailed(self.outcomes)
         self.conn.commit()
         self._committed = True
         seconds = time.perf_counter() - self._started

@@ -135,6 +135,10 @@ class ChunksReader(io.RawIOBase):
         self._size = self._starts.pop()
         self._pos = 0
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
+
     def readable(self) -> bool:
         return True
 
@@ -145,13 +149,18 @@ class ChunksReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._check_open()
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence ({whence})")
+        base = bases[whence]
         if base + offset < 0:
             raise ValueError(f"negative seek position {base + offset}")
         self._pos = base + offset
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
+        self._check_open()
         view = memoryview(buffer).cast("B")
         done = 0
         index = bisect.bisect_right(self._starts, self._pos) - 1
@@ -172,8 +181,9 @@ def build_output(
 ) -> tuple[CombinedOutput, CsvOutput, OutputProfile]:
     """Raw files (name, bytes), in filter order → the combined output, its CSV and its profile.
 
-    One pass: each batch is transformed, joined and written as CSV before the next is read, and
-    each CSV chunk goes to `forward` at once (see `CsvOutput`). The row-level checks
+    One pass over the files, in order: the downloads run ahead in a thread pool, each batch is
+    transformed on a worker thread while the next batch is gathered (`transform_files`), and
+    each CSV chunk goes to `forward` as soon as it is written (see `CsvOutput`). The row-level checks
     (`OutputProfile`) run on a worker thread, batch by batch, so they are done when the last
     row is. `file_names`: every name `files` will yield (see `OutputCombiner`).
     """

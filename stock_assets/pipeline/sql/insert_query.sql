@@ -1,7 +1,8 @@
 -- insert_query.sql: make historical_stocks_data equal to Output/historical_stock_data.csv.
 --
 -- The pipeline runs these two statements inside ONE transaction, followed by its in-transaction
--- checks (row count equals the CSV's, no duplicate (company_name, stock_date)); COMMIT happens
+-- checks (row count and content checksum equal the CSV's, no duplicate (company_name,
+-- stock_date)); COMMIT happens
 -- only if they pass. So after success the table holds exactly the CSV's rows, and after any
 -- failure it is exactly as it was. Re-running replaces, never duplicates.
 --
