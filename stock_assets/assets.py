@@ -592,10 +592,13 @@ def _load_table_from_object(
     try:
         head = client.head_object(Bucket=bucket, Key=OUTPUT_KEY)
     except client.exceptions.ClientError as err:
-        raise Failure(
-            f"{s3_uri(bucket, OUTPUT_KEY)} is not there to load: materialise "
-            "historical_stock_data_csv first"
-        ) from err
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 404:
+            raise Failure(
+                f"{s3_uri(bucket, OUTPUT_KEY)} is not there to load: materialise "
+                "historical_stock_data_csv first"
+            ) from err
+        raise Failure(f"{s3_uri(bucket, OUTPUT_KEY)} could not be read: {err}") from err
     object_meta = head.get("Metadata", {})
     if ROWS_META not in object_meta:
         raise Failure(f"{s3_uri(bucket, OUTPUT_KEY)} was not written by this pipeline")

@@ -176,8 +176,8 @@ def marker_run_requests(bucket: str, markers: Sequence[Marker]) -> list[RunReque
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=DefaultSensorStatus.RUNNING,
     description="Starts stock_pipeline_job when a `.SUCCESS` object appears (or is written again) "
-    "anywhere in the monitored bucket. One run per new marker; markers found in the same tick "
-    "share a run and are all listed in its tags.",
+    "anywhere in the monitored bucket. The new markers found in one tick share one run (more "
+    "only past a run's tag budget of 100 keys) and are all listed in its tags.",
 )
 def success_marker_sensor(
     context: SensorEvaluationContext, s3: S3Resource, settings: PipelineSettings
@@ -236,6 +236,7 @@ def run_numbers(instance: DagsterInstance, run_id: str, table: str) -> RunNumber
     loaded = metadata.get(TABLE_ASSET, {})
     location = csv.get("location")
     rejects = getattr(csv.get("rejects"), "value", None)
+    loaded_table = loaded.get("dagster/table_name")
     return RunNumbers(
         files_selected=_as_int(csv, "files_selected"),
         files_read=_as_int(csv, "files_read"),
@@ -246,7 +247,8 @@ def run_numbers(instance: DagsterInstance, run_id: str, table: str) -> RunNumber
         rows_loaded=_as_int(loaded, "dagster/row_count"),
         output_location=str(getattr(location, "value", location)) if location else None,
         rejects=dict(rejects) if isinstance(rejects, dict) else {},
-        table=table,
+        # The table the run loaded (the resource may name another than the default).
+        table=str(getattr(loaded_table, "value", loaded_table)) if loaded_table else table,
     )
 
 

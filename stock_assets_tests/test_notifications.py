@@ -286,3 +286,35 @@ def test_unexpected_error_is_reported_unwrapped(seeded_stack, topic, naming, mon
     assert "DagsterExecutionStepExecutionError" not in sent.message
     # What did happen before the failure is still reported.
     assert "rows written to CSV:   not reached" not in sent.message
+
+
+def test_the_report_names_the_table_the_run_loaded(seeded_stack, local_stack, db):
+    from dagster import materialize
+    from psycopg2 import sql
+
+    from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
+    from stock_assets.resources import PostgresResource, StockS3Resource
+    from stock_assets.sensors import run_numbers
+    from stock_assets.settings import TABLE_NAME
+
+    instance = DagsterInstance.ephemeral()
+    elsewhere = "stocks_elsewhere"
+    try:
+        result = materialize(
+            [raw_stock_files, top_companies, historical_stock_data],
+            resources={
+                "s3": StockS3Resource(),
+                "postgres": PostgresResource(
+                    database_url=local_stack.env["STOCK_ASSETS_DATABASE_URL"], table=elsewhere
+                ),
+                "settings": PipelineSettings(),
+            },
+            instance=instance,
+        )
+        assert result.success
+        numbers = run_numbers(instance, result.run_id, TABLE_NAME)
+        assert numbers.table == elsewhere
+        assert numbers.rows_loaded > 0
+    finally:
+        with db.cursor() as cur:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(elsewhere)))

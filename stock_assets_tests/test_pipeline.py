@@ -111,6 +111,14 @@ def test_a_preview_that_fails_after_commit_does_not_fail_the_loaded_run(
     assert meta["preview"].count("\n") == 1  # the header and its rule: no rows to show
 
 
+def test_the_table_alone_before_any_csv_says_to_make_the_csv_first(seeded_stack):
+    result = run_job(["historical_stocks_data"])
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "is not there to load: materialise historical_stock_data_csv first" in message
+
+
 def test_second_run_changes_nothing(seeded_stack, s3_client, naming, db):
     assert run_job().success
     first_csv, first_rows = output_lines(s3_client, naming), sorted(table_rows(db))

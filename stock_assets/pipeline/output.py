@@ -183,9 +183,9 @@ def build_output(
 
     One pass over the files, in order: the downloads run ahead in a thread pool, each batch is
     transformed on a worker thread while the next batch is gathered (`transform_files`), and
-    each CSV chunk goes to `forward` as soon as it is written (see `CsvOutput`). The row-level checks
-    (`OutputProfile`) run on a worker thread, batch by batch, so they are done when the last
-    row is. `file_names`: every name `files` will yield (see `OutputCombiner`).
+    each CSV chunk goes to `forward` as soon as it is written (see `CsvOutput`). The row-level
+    checks (`OutputProfile`) run on a worker thread, batch by batch, so they are done when the
+    last row is. `file_names`: every name `files` will yield (see `OutputCombiner`).
     """
     combiner = OutputCombiner(file_names)
     profile = OutputProfile()
