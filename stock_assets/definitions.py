@@ -11,6 +11,7 @@ from stock_assets.resources import (
     StockS3Resource,
 )
 from stock_assets.sensors import (
+    sns_on_pipeline_canceled,
     sns_on_pipeline_failure,
     sns_on_pipeline_success,
     success_marker_sensor,
@@ -19,7 +20,12 @@ from stock_assets.sensors import (
 defs = Definitions(
     assets=[raw_stock_files, top_companies, historical_stock_data],
     jobs=[stock_pipeline_job],
-    sensors=[success_marker_sensor, sns_on_pipeline_success, sns_on_pipeline_failure],
+    sensors=[
+        success_marker_sensor,
+        sns_on_pipeline_success,
+        sns_on_pipeline_failure,
+        sns_on_pipeline_canceled,
+    ],
     resources={
         # Endpoint, region and credentials come from boto3's own environment variables.
         "s3": StockS3Resource(),

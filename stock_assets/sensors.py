@@ -2,8 +2,9 @@
 
 - `success_marker_sensor`: a `.SUCCESS` object anywhere in the monitored bucket starts
   `stock_pipeline_job`.
-- `sns_on_pipeline_success` / `sns_on_pipeline_failure`: every finished pipeline run (the job, or
-  assets materialised from the UI), however it was launched, ends in one email through SNS.
+- `sns_on_pipeline_success` / `sns_on_pipeline_failure` / `sns_on_pipeline_canceled`: every
+  finished pipeline run (the job, or assets materialised from the UI), however it was launched,
+  ends in one email through SNS; a canceled run's is a failure email.
 
 The message text is built by the Dagster-free `stock_assets.notifications`; this module reads S3
 listings, run tags and run events, publishes through the SNS resource, and records each
@@ -417,4 +418,25 @@ def sns_on_pipeline_failure(
         succeeded=False,
         step_failures=context.get_step_failure_events(),
         run_failure_message=context.failure_event.message,
+    )
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.CANCELED,
+    name="sns_on_pipeline_canceled",
+    minimum_interval_seconds=sensor_interval_seconds(),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Emails `{First}_{Surname}_Pipeline_Failure` through SNS for every canceled "
+    "pipeline run (terminated from the UI or the API): it did not succeed, and every run ends "
+    "with an email.",
+)
+def sns_on_pipeline_canceled(
+    context: RunStatusSensorContext, sns: SNSResource, settings: PipelineSettings
+) -> None:
+    notify(
+        context,
+        sns,
+        settings,
+        succeeded=False,
+        run_failure_message="the run was canceled before it finished",
     )

@@ -65,6 +65,7 @@ def test_job_and_sensors_have_the_specs_names():
         "success_marker_sensor",
         "sns_on_pipeline_success",
         "sns_on_pipeline_failure",
+        "sns_on_pipeline_canceled",
     } <= sensors
 
 

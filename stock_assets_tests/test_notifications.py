@@ -252,6 +252,33 @@ def test_failure_sensor_reports_the_failing_step_and_its_error(
     assert "rows loaded into historical_stocks_data: not reached" in sent.message
 
 
+def test_a_canceled_run_ends_with_a_failure_email(seeded_stack, topic, naming):
+    from stock_assets.sensors import sns_on_pipeline_canceled
+
+    instance = DagsterInstance.ephemeral()
+    job = defs.resolve_job_def("stock_pipeline_job")
+    run = instance.create_run_for_job(job, tags={TRIGGER_TAG: "test"})
+    # What terminating a queued run from the UI does: CANCELING, then CANCELED.
+    instance.report_run_canceling(run)
+    instance.report_run_canceled(run)
+    [canceled] = instance.get_records_for_run(
+        run.run_id, of_type=DagsterEventType.RUN_CANCELED
+    ).records
+    with build_run_status_sensor_context(
+        sensor_name="sns_on_pipeline_canceled",
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id),
+        dagster_event=canceled.event_log_entry.dagster_event,
+        resources={"sns": SNSResource(topic=naming.sns_topic), "settings": PipelineSettings()},
+    ) as context:
+        sns_on_pipeline_canceled(context)
+        sns_on_pipeline_canceled(context)  # a replayed tick: still one email
+    [sent] = inbox(seeded_stack, naming)
+    assert sent.subject == "Dora_Explorer_Pipeline_Failure"
+    assert "the run was canceled before it finished" in sent.message
+    assert f"Run id:     {run.run_id}" in sent.message
+
+
 def test_sns_outage_is_recorded_on_the_run_and_raised(seeded_stack, naming, monkeypatch):
     instance = DagsterInstance.ephemeral()
     result = run_job(instance)
