@@ -303,3 +303,27 @@ def test_upload_body_reads_the_chunks_as_one_stream():
         built.add(table.slice(start, 5))
     built.close()
     assert built.body().read() == output_csv_bytes(table)
+
+
+def test_a_values_format_verdict_does_not_depend_on_the_other_rows():
+    numbers = ["30", "1e5", "+2.5", "5e1"]
+    rows = {
+        "stock_date": ["2020-01-02", "2020-01-03", "2020-01-06", "2020-01-07"],
+        **{c: numbers for c in ["open_value", "high_value", "low_value", "close_value"]},
+        "volume_traded": ["1", "2", "3", "4"],
+        "daily_percent_change": [None, "0.0", "inf", "1.5"],
+        "value_change": numbers,
+        "company_name": ["a"] * 4,
+    }
+    table = pa.table(rows)
+    # The fast path (every column casts) and the slow one (a bad date elsewhere) agree: the
+    # numbers are numbers, inf is not, whatever else the batch holds.
+    alone = quality.format_problems(table)
+    with_bad_date = quality.format_problems(
+        pa.concat_tables([table, table.slice(0, 1).set_column(0, "stock_date", [["2020-13-01"]])])
+    )
+    assert set(alone) == {"daily_percent_change"} and alone["daily_percent_change"].count == 1
+    assert set(with_bad_date) == {"stock_date", "daily_percent_change"}
+    assert with_bad_date["daily_percent_change"].count == 1
+    minus_zero = table.set_column(5, "volume_traded", [["-0", "2", "3", "4"]])
+    assert quality.format_problems(minus_zero)["volume_traded"].count == 1

@@ -20,8 +20,10 @@ import pyarrow.compute as pc
 from stock_assets.pipeline.transform import PRICE_COLUMNS, RejectedRow
 
 EXAMPLES = 5
-# A number as the output writes it (Python's float repr), for the format check.
-_NUMBER = r"^-?(\d+\.\d+(e[-+]\d+)?|\d(\.\d+)?e[-+]\d+)$"
+# A number as a double parses it (Arrow's cast to float64 accepts exactly these, and inf/nan,
+# which the format check refuses as not finite). The fast path of the format check casts; the
+# slow path matches this and checks finiteness, so both judge a value the same way.
+_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _PRICE_OUTPUT = ["open_value", "high_value", "low_value", "close_value"]
 
 
@@ -131,7 +133,9 @@ def _casts_cleanly(table: pa.Table, parsed: _Parsed) -> bool:
         return False
     finite = all(pc.all(pc.is_finite(n)).as_py() in (True, None) for n, _ in numbers)
     iso = pc.all(pc.equal(pc.utf8_length(table["stock_date"]), 10)).as_py() in (True, None)
-    return bool(finite and iso and (pc.min(volume).as_py() or 0) >= 0)
+    # "-0" casts to 0: a sign is never part of a volume (the slow path's pattern says so too).
+    unsigned = not pc.any(pc.starts_with(table["volume_traded"], "-")).as_py()
+    return bool(finite and iso and unsigned and (pc.min(volume).as_py() or 0) >= 0)
 
 
 def format_problems(table: pa.Table, parsed: _Parsed | None = None) -> dict[str, Finding]:
@@ -155,13 +159,15 @@ def format_problems(table: pa.Table, parsed: _Parsed | None = None) -> dict[str,
             pc.equal(pc.strftime(parsed.dates()[0], format="%Y-%m-%d"), dates),
         ),
     )
+
+    def number(column: str) -> pa.ChunkedArray:
+        # parsed.floats nulls what does not match _NUMBER, so finite means both.
+        return pc.is_finite(parsed.floats(column)[0])
+
     for column in [*_PRICE_OUTPUT, "value_change"]:
-        bad(column, pc.match_substring_regex(table[column], _NUMBER))
+        bad(column, number(column))
     percent = table["daily_percent_change"]
-    bad(
-        "daily_percent_change",
-        pc.or_kleene(pc.is_null(percent), pc.match_substring_regex(percent, _NUMBER)),
-    )
+    bad("daily_percent_change", pc.or_kleene(pc.is_null(percent), number("daily_percent_change")))
     bad("volume_traded", pc.match_substring_regex(table["volume_traded"], r"^\d+$"))
     return problems
 
