@@ -155,3 +155,13 @@ def test_tab_padding_is_trimmed_like_space_padding():
     spaced = transform_file("x.us.csv", HEADER + b"2020-01-02, 1.0,2.0,0.5,1.5,5,0\n")
     assert tabbed.rejected == spaced.rejected == []
     assert output_csv_bytes(tabbed.table) == output_csv_bytes(spaced.table)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [HEADER, HEADER.rstrip(b"\n"), HEADER.replace(b"\n", b"\r\n"), HEADER.rstrip(b"\n") + b"\r"],
+)
+def test_a_header_only_file_is_read_as_zero_rows_with_or_without_a_newline(data):
+    result = transform_file("h.us.csv", data)
+    assert result.skip_reason is None  # docs/reliability.md: "header only: read with 0 rows"
+    assert result.rows_read == 0 and result.rejected == [] and not lines_of(result)

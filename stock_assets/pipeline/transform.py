@@ -343,6 +343,8 @@ def _start(file_name: str, data: bytes) -> tuple[FileResult, bytes]:
     if data.startswith(_BOM):
         data = data[len(_BOM) :]
     result.skip_reason = _header_problem(data)
+    if result.skip_reason is None and b"\n" not in data:
+        data += b"\n"  # a header without its newline: the same file, read as 0 rows, not skipped
     return result, data
 
 
