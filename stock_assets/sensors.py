@@ -384,13 +384,19 @@ def notify(
     return message_id
 
 
+# What the three notification sensors share. No monitored_jobs: every run of this code
+# location, i.e. stock_pipeline_job and the runs the UI makes when assets are materialised from
+# the graph ("Materialize all", one asset). On by default: a fresh deployment emails at once.
+_NOTIFICATION_SENSOR: dict[str, Any] = {
+    "minimum_interval_seconds": sensor_interval_seconds(),
+    "default_status": DefaultSensorStatus.RUNNING,
+}
+
+
 @run_status_sensor(
     run_status=DagsterRunStatus.SUCCESS,
     name="sns_on_pipeline_success",
-    # No monitored_jobs: every run of this code location, i.e. stock_pipeline_job and the runs
-    # the UI makes when assets are materialised from the graph ("Materialize all", one asset).
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=DefaultSensorStatus.RUNNING,
+    **_NOTIFICATION_SENSOR,
     description="Emails `{First}_{Surname}_Pipeline_Success` through SNS for every successful "
     "pipeline run (stock_pipeline_job or assets materialised from the UI), whatever launched it.",
 )
@@ -402,8 +408,7 @@ def sns_on_pipeline_success(
 
 @run_failure_sensor(
     name="sns_on_pipeline_failure",
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=DefaultSensorStatus.RUNNING,
+    **_NOTIFICATION_SENSOR,
     description="Emails `{First}_{Surname}_Pipeline_Failure` through SNS for every failed "
     "pipeline run (stock_pipeline_job or assets materialised from the UI), with the failing step "
     "and its error.",
@@ -424,8 +429,7 @@ def sns_on_pipeline_failure(
 @run_status_sensor(
     run_status=DagsterRunStatus.CANCELED,
     name="sns_on_pipeline_canceled",
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=DefaultSensorStatus.RUNNING,
+    **_NOTIFICATION_SENSOR,
     description="Emails `{First}_{Surname}_Pipeline_Failure` through SNS for every canceled "
     "pipeline run (terminated from the UI or the API): it did not succeed, and every run ends "
     "with an email.",
