@@ -157,6 +157,10 @@ def top_companies(context: AssetExecutionContext, s3: StockS3Resource, settings:
     if missing:
         context.log.warning(f"{len(missing)} filter entries have no file under Stocks/")
     invalid = [f"{i.entry!r}: {i.reason}" for i in company_filter.invalid]
+    dropped = None
+    if invalid:
+        dropped = f"{len(invalid)} entries are not usable file names and were dropped: "
+        dropped += "; ".join(invalid[:5])
     checks = [
         result(
             TOP_COMPANIES,
@@ -172,10 +176,7 @@ def top_companies(context: AssetExecutionContext, s3: StockS3Resource, settings:
             },
             # Unusable entries are dropped, the rest is read: a warning, not a stop.
             blocking=not invalid,
-            description=f"{len(invalid)} entries are not usable file names and were dropped: "
-            + "; ".join(invalid[:5])
-            if invalid
-            else None,
+            description=dropped,
         ),
         finding_result(
             TOP_COMPANIES, "filter_names_have_files", quality.Finding(len(missing), missing[:10])
