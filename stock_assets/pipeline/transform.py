@@ -229,9 +229,11 @@ def _first_problem(table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
         False,
     )
     checks.append((date_ok, "Date is not a valid ISO date (YYYY-MM-DD)"))
+    prices_ok = pa.array(np.ones(n, dtype=bool))
     for name in PRICE_COLUMNS:
         ok = pc.match_substring_regex(table[name], _PRICE_PATTERN)
         checks.append((ok, f"{name} is not a non-negative decimal number"))
+        prices_ok = pc.and_(prices_ok, ok)
     checks.append(
         (
             pc.match_substring_regex(table["Volume"], _VOLUME_PATTERN),
@@ -239,7 +241,6 @@ def _first_problem(table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
         )
     )
     # Only rows whose prices passed above are parsed; the others already have their problem.
-    prices_ok = pc.and_(pc.and_(checks[1][0], checks[2][0]), pc.and_(checks[3][0], checks[4][0]))
     floats = [
         pc.cast(pc.if_else(prices_ok, table[name], pa.scalar("0")), pa.float64())
         for name in PRICE_COLUMNS
