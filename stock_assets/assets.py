@@ -157,27 +157,22 @@ def top_companies(context: AssetExecutionContext, s3: StockS3Resource, settings:
     if missing:
         context.log.warning(f"{len(missing)} filter entries have no file under Stocks/")
     invalid = [f"{i.entry!r}: {i.reason}" for i in company_filter.invalid]
-    dropped = None
-    if invalid:
-        dropped = f"{len(invalid)} entries are not usable file names and were dropped: "
-        dropped += "; ".join(invalid[:5])
+    filter_meta: dict[str, Any] = {
+        "entries": company_filter.entries,
+        "files_selected": len(company_filter.files),
+        "max_files": settings.max_files,
+        "duplicates_dropped": len(company_filter.duplicates),
+        "invalid_entries": len(invalid),
+        "invalid_examples": MetadataValue.json(invalid[:20]),
+    }
+    if invalid:  # also the failure's description (see `checks.result`)
+        filter_meta["problem"] = (
+            f"{len(invalid)} entries are not usable file names and were dropped: "
+            + "; ".join(invalid[:5])
+        )
     checks = [
-        result(
-            TOP_COMPANIES,
-            "filter_file_valid",
-            not invalid,
-            {
-                "entries": company_filter.entries,
-                "files_selected": len(company_filter.files),
-                "max_files": settings.max_files,
-                "duplicates_dropped": len(company_filter.duplicates),
-                "invalid_entries": len(invalid),
-                "invalid_examples": MetadataValue.json(invalid[:20]),
-            },
-            # Unusable entries are dropped, the rest is read: a warning, not a stop.
-            blocking=not invalid,
-            description=dropped,
-        ),
+        # Unusable entries are dropped, the rest is read: a warning, not a stop.
+        result(TOP_COMPANIES, "filter_file_valid", not invalid, filter_meta, blocking=not invalid),
         finding_result(
             TOP_COMPANIES, "filter_names_have_files", quality.Finding(len(missing), missing[:10])
         ),
