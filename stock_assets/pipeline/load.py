@@ -202,14 +202,15 @@ class TableLoad:
         """Run `checks` in the transaction; raises LoadCheckFailed (all outcomes so far) if any
         fails, which leaves COMMIT impossible."""
         self.outcomes += [check(self._cursor, self.table) for check in checks]
-        if not all(o.passed for o in self.outcomes):
-            raise LoadCheckFailed(self.outcomes)
+        self._raise_if_a_check_failed()
         return self.outcomes
 
-    def commit(self) -> LoadResult:
-        failed = [o for o in self.outcomes if not o.passed]
-        if failed:  # a caller that caught LoadCheckFailed cannot commit anyway
+    def _raise_if_a_check_failed(self) -> None:
+        if not all(o.passed for o in self.outcomes):
             raise LoadCheckFailed(self.outcomes)
+
+    def commit(self) -> LoadResult:
+        self._raise_if_a_check_failed()  # also for a caller that caught LoadCheckFailed
         self.conn.commit()
         self._committed = True
         seconds = time.perf_counter() - self._started
