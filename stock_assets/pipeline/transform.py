@@ -23,23 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
+from stock_assets.pipeline.columns import (
+    OUTPUT_COLUMNS,  # noqa: F401  (re-exported until the split)
+    OUTPUT_SCHEMA,
+    PRICE_COLUMNS,
+    RAW_COLUMNS,
+    RAW_HEADER,
+)
 from stock_assets.pipeline.companies import company_name
-
-RAW_COLUMNS = ["Date", "Open", "High", "Low", "Close", "Volume", "OpenInt"]
-RAW_HEADER = ",".join(RAW_COLUMNS)
-PRICE_COLUMNS = ["Open", "High", "Low", "Close"]
-OUTPUT_COLUMNS = [
-    "stock_date",
-    "open_value",
-    "high_value",
-    "low_value",
-    "close_value",
-    "volume_traded",
-    "daily_percent_change",
-    "value_change",
-    "company_name",
-]
-OUTPUT_SCHEMA = pa.schema([(name, pa.string()) for name in OUTPUT_COLUMNS])
 
 _DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # Non-negative decimal, as the source writes prices: no sign, exponent, NaN or inf.
