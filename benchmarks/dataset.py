@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
-from stock_assets.local.seed import ARCHIVE_NAME, FILTER_NAME, stock_files
+from stock_assets.bucket_layout import ARCHIVE_NAME, FILTER_NAME, stock_files
 from stock_assets.pipeline.companies import parse_company_filter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

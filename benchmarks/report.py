@@ -61,6 +61,13 @@ def _cpu(summary: dict[str, Any]) -> str:
     return f"{cpu['total']:.1f} ({parts})"
 
 
+def _figure(value: float | None) -> str:
+    """Counts with separators; sums as repr, every digit (equal sums must print equal)."""
+    if value is None:
+        return "–"
+    return f"{value:,}" if isinstance(value, int) else repr(value)
+
+
 def _gb(value: float) -> str:
     return f"{value / 1e9:.2f} GB"
 
@@ -72,7 +79,8 @@ def markdown(report: dict[str, Any]) -> str:
     rows = verification["rows_written"]
     repeat = report["profile"]["repeat"]
     lines = [
-        f"# Benchmark ({report['mode']}): stock_pipeline_job vs the limit proxy vs the course",
+        f"# Benchmark ({report['mode']}): stock_pipeline_job vs the limit proxy, the DuckDB "
+        "engine and the course",
         "",
         f"{report['summary']}",
         "",
@@ -91,9 +99,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{data['synthetic_files']:,} synthesised from the manifest "
         f"({data['synthetic_bytes'] / 1e6:.1f} MB vs {data['synthetic_manifest_bytes'] / 1e6:.1f} "
         "MB listed); the filter names the real ones.",
-        f"- Each figure: median of {repeat} fresh-process runs (ours and the limit alternate)"
+        f"- Each figure: median of {repeat} fresh-process runs (the limit proxy, ours and the "
+        "DuckDB engine in turn)"
         + (
-            f", after {len(report['warmup_runs']) // 2} untimed warm-up run of each ("
+            f", after {report['profile']['warmup']} untimed warm-up run of each ("
             + ", ".join(f"{w['approach']} {w['run_seconds']:.2f}s" for w in report["warmup_runs"])
             + ")."
             if report.get("warmup_runs")
@@ -114,6 +123,20 @@ def markdown(report: dict[str, Any]) -> str:
         "unindexed table; best "
         f"{_s(limit['run_seconds_min'])}s |",
     ]
+    engine = report["duckdb"]
+    if "summary" in engine:
+        summary = engine["summary"]
+        same = engine["csv_vs_ours"]
+        lines.append(
+            f"| DuckDB engine | {_s(summary['run_seconds'])} | {summary['rows_per_second']:,} | "
+            f"{_gb(summary['peak_rss_bytes'])} | {_cpu(summary)} | httpfs reads, typed SQL "
+            "transform, store_rejects, COPY to S3 + postgres extension; best "
+            f"{_s(summary['run_seconds_min'])}s; CSV "
+            + ("byte-identical to ours |" if same["identical"] else
+               f"differs from ours in {same['lines_differing']:,} lines |")
+        )  # fmt: skip
+    else:
+        lines.append(f"| DuckDB engine | – | – | – | – | skipped: {engine['skipped']} |")
     if "run_seconds" in course:
         note = (
             f"**extrapolated**: {course['rows_inserted']:,} of {course['rows_written']:,} rows "
@@ -141,6 +164,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- **course / ours = {ratios['course_over_ours']:.1f}×** (target ≥ "
             f"{report['targets']['course_over_ours_min']:.0f}×)"
+        )
+    if "duckdb_over_ours" in ratios:
+        lines.append(
+            f"- **DuckDB engine / ours = {ratios['duckdb_over_ours']:.2f}** in seconds, "
+            f"{ratios['duckdb_over_ours_cpu']:.2f} in CPU seconds; DuckDB engine / limit = "
+            f"{ratios['duckdb_over_limit']:.2f}"
         )
     lines += [
         f"- peak RSS of the run process: {_gb(ours['peak_rss_bytes'])} (target ≤ "
@@ -170,11 +199,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"| Dagster process start (not in the run) | {_s(overhead['process_start_seconds'], 3)} |",
         "",
         "Inside the `historical_stock_data` step, which makes both the CSV and the table "
-        "(the CSV asset's metadata): "
-        + ", ".join(f"{k} {_s(v, 3)}" for k, v in ours["csv_asset_phases"].items())
-        + ". read_transform includes the COPY into the table, fed while the files are read; "
-        "the table's transaction (open from the first chunk to COMMIT after the CSV upload) "
-        f"lasted {_s(ours['table_asset_load_seconds'], 3)}s.",
+        "(the timings the CSV asset records): "
+        + (
+            ", ".join(f"{k} {_s(v, 3)}" for k, v in ours["csv_asset_phases"].items())
+            or "none recorded"
+        )
+        + "; the table's load (its transaction, as the table asset records it) "
+        f"{_s(ours['table_asset_load_seconds'], 3)}s.",
         "",
         "Limit proxy phases: "
         + ", ".join(f"{k} {_s(v, 3)}" for k, v in limit["phases"].items())
@@ -187,6 +218,7 @@ def markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {_s(v, 2)}" for k, v in course["phases"].items())
             + f". Its CSV equals ours byte for byte: {course['csv_equals_ours']}.",
         ]
+    lines += _duckdb_section(report)
     scaling = report["scaling"]
     lines += [
         "",
@@ -210,7 +242,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{fit2['seconds_per_file'] * 1000:.2f} ms × files + {fit2['seconds_per_mb']:.4f} s × "
             f"MB, r² = {fit2['r2']:.4f}, largest relative residual "
             f"{fit2['max_relative_residual']:.1%}. The intercept is the fixed cost of a run "
-            "(listing the whole bucket, step launches, checks); the rest grows linearly with "
+            "(reading the filter, step launches, checks); the rest grows linearly with "
             "the files read (one GET each) and the bytes (parse, format, write, COPY).",
         ]
     fit = scaling["fit"]
@@ -231,6 +263,68 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     lines += ["", f"_{scaling['note']}._", ""]
     return "\n".join(lines)
+
+
+def _duckdb_section(report: dict[str, Any]) -> list[str]:
+    """The engine comparison: DuckDB's figures beside ours, and its CSV against ours."""
+    engine = report["duckdb"]
+    lines = ["", "## The DuckDB engine against ours", ""]
+    if "summary" not in engine:
+        return [*lines, f"Skipped: {engine['skipped']}."]
+    summary, same = engine["summary"], engine["csv_vs_ours"]
+    run = engine["runs"][0]
+    lines += [
+        "DuckDB phases (medians): "
+        + ", ".join(f"{k} {_s(v, 3)}" for k, v in summary["phases"].items())
+        + f". Rows read {run['rows_read']:,}, rejected {run['rows_rejected']:,}, written "
+        f"{run['rows_written']:,}; {run['companies']:,} companies; files without rows: "
+        f"{', '.join(run['files_without_rows']) or 'none'}. Table rows = CSV rows: "
+        f"{report['verification'].get('duckdb_table_rows_equal_csv')}; each engine wrote the "
+        f"same CSV in every run: {report['verification'].get('duckdb_csv_same_every_run')}.",
+        "",
+        "| | ours | DuckDB engine |",
+        "|---|---:|---:|",
+        *(
+            f"| {label} | {_figure(same['ours'].get(key))} | {_figure(same['other'].get(key))} |"
+            for label, key in [
+                ("rows", "rows"),
+                ("companies", "companies"),
+                ("Σ value_change", "value_change_sum"),
+            ]
+        ),
+        f"| CSV bytes | {same['bytes']['ours']:,} | {same['bytes']['other']:,} |",
+        "",
+    ]
+    if "unreadable" in same["other"]:
+        lines += [f"Its CSV is not the spec's nine columns: {same['other']['unreadable']}", ""]
+    if same["identical"]:
+        lines.append("Its CSV is **byte-identical** to ours.")
+        return lines
+    lines.append(
+        f"Its CSV **differs** from ours in {same['lines_differing']:,} lines"
+        + (
+            " (columns: "
+            + ", ".join(f"{k} {v:,}" for k, v in same["columns_differing"].items())
+            + ")"
+            if same["columns_differing"]
+            else ""
+        )
+        + ". Examples:"
+    )
+    lines += ["", "```"]
+    for example in same["examples"]:
+        if "line" in example:
+            lines += [
+                f"line {example['line']}",
+                f"  ours:   {example['ours']}",
+                f"  duckdb: {example['other']}",
+            ]
+        else:
+            lines.append(
+                f"only in {example['only_in'].replace('other', 'duckdb')}: {example['text']}"
+            )
+    lines.append("```")
+    return lines
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

@@ -24,6 +24,8 @@ def main(argv: list[str]) -> int:
     result["approach"] = spec["approach"]
     result["process_start_seconds"] = round(result.pop("ready_at") - spec["spawned_at"], 4)
     result["process_start_cpu_seconds"] = round(result.pop("ready_cpu_seconds"), 4)
+    # The kernel's high-water mark of this process's RSS (KiB on Linux). psutil has no peak
+    # on Linux (only the current RSS), so this stays getrusage.
     result.setdefault("peak_rss_bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     result["finished_at"] = time.time()
     print(MARKER + json.dumps(result), flush=True)

@@ -1,7 +1,7 @@
-"""Asset checks: what was validated on every run, what passed, what was rejected.
+"""Asset checks: their specs, and the mapping from the pipeline's verdicts to check results.
 
-The checks are computed inside the assets from the data they already hold (no second read), so
-a blocking check stops the write it guards: a failing CSV check means the output object is not
+The verdicts are made by the pipeline from the data it already holds (no second read), so a
+blocking check stops the write it guards: a failing CSV check means the output object is not
 replaced, and the table checks run inside the load transaction, before COMMIT. Warnings never
 block; they report counts and examples of the real data's defects.
 """
@@ -20,11 +20,8 @@ from dagster import (
     MetadataValue,
 )
 
-from stock_assets.pipeline.quality import Finding
-
-TOP_COMPANIES = AssetKey("top_companies")
-CSV = AssetKey("historical_stock_data_csv")
-TABLE = AssetKey("historical_stocks_data")
+from stock_assets.metadata import CSV, TABLE, TOP_COMPANIES
+from stock_assets.pipeline.verdicts import Verdict
 
 
 def _spec(asset: AssetKey, name: str, description: str, blocking: bool) -> AssetCheckSpec:
@@ -35,22 +32,22 @@ TOP_COMPANIES_CHECKS = [
     _spec(TOP_COMPANIES, "filter_file_valid",
           "Filter file exists, is non-empty text, names at most max_files valid .csv files "
           "(warns when some entries are not usable file names: they are dropped).", True),
-    _spec(TOP_COMPANIES, "filter_names_have_files",
-          "Every name in the filter has a file under Stocks/ (warns otherwise).", False),
 ]  # fmt: skip
 
 CSV_CHECKS = [
     _spec(CSV, "input_limits",
-          "At most max_files files, each at most max_file_bytes; checked before any read.", True),
+          "At most max_files files (checked on the filter, before any read), each at most "
+          "max_file_bytes (checked on each GET's Content-Length, before its body is used).", True),
     _spec(CSV, "files_reconcile",
-          "Files listed → selected → read + skipped: every selected file is accounted for.", True),
+          "Files selected = files read + files skipped: every named file is accounted for.", True),
     _spec(CSV, "rows_reconcile", "Rows read = rows written + rows rejected.", True),
     _spec(CSV, "no_duplicate_keys", "No (company_name, stock_date) twice in the CSV.", True),
     _spec(CSV, "formats_valid",
           "ISO dates, numeric prices and changes, non-negative integer volume.", True),
     _spec(CSV, "rejected_rows",
           "Rows rejected with a reason; warns if any, blocks above max_reject_fraction.", True),
-    _spec(CSV, "skipped_files", "Empty, unreadable or missing files (warns, never blocks).", False),
+    _spec(CSV, "skipped_files",
+          "Empty, unreadable or missing files (warns, never blocks).", False),
     _spec(CSV, "open_zero_rows",
           "Rows with Open = 0: kept, percentage left empty (warns).", False),
     _spec(CSV, "ohlc_consistency",
@@ -65,43 +62,29 @@ TABLE_CHECKS = [
           "No (company_name, stock_date) twice in the table.", True),
 ]  # fmt: skip
 
-
-def result(
-    asset: AssetKey,
-    name: str,
-    passed: bool,
-    metadata: dict[str, Any] | None = None,
-    *,
-    blocking: bool = True,
-    description: str | None = None,
-) -> AssetCheckResult:
-    """A check result; a failure is an ERROR when the check blocks, else a WARN. A failure's
-    description defaults to its metadata's "problem" (the UI and the run's email show it)."""
-    metadata = metadata or {}
-    if description is None and not passed and "problem" in metadata:
-        problem = metadata["problem"]
-        description = str(getattr(problem, "value", problem))
-    return AssetCheckResult(
-        asset_key=asset,
-        check_name=name,
-        passed=passed,
-        severity=AssetCheckSeverity.ERROR if blocking else AssetCheckSeverity.WARN,
-        metadata=metadata,
-        description=description,
-    )
-
-
-def finding_result(asset: AssetKey, name: str, finding: Finding, **extra: Any) -> AssetCheckResult:
-    """A non-blocking warning that passes when nothing was found."""
-    metadata: dict[str, Any] = {"count": finding.count, **extra}
-    if finding.examples:
-        shown = finding.examples[:10]
-        metadata["examples"] = MetadataValue.md("\n".join(f"- {e}" for e in shown))
-    return result(asset, name, not finding.found, metadata, blocking=False)
-
-
 # The pipeline runs at most daily: the table is stale (WARN) after ~26 h, i.e. one missed day,
 # and failing after two. Dagster's daemon evaluates this; no sensor is needed.
 TABLE_FRESHNESS = FreshnessPolicy.time_window(
     warn_window=timedelta(hours=26), fail_window=timedelta(hours=50)
 )
+
+
+def _value(key: str, value: Any, verdict: Verdict) -> Any:
+    if key in verdict.bulleted:
+        return MetadataValue.md("\n".join(f"- {item}" for item in value))
+    if isinstance(value, (dict, list, tuple)):
+        return MetadataValue.json(value)
+    return value
+
+
+def check_result(asset: AssetKey, verdict: Verdict) -> AssetCheckResult:
+    """A verdict as Dagster's check result: a failure is an ERROR when the check blocks, else a
+    WARN; its problem is the description (the UI and the run's email show it)."""
+    return AssetCheckResult(
+        asset_key=asset,
+        check_name=verdict.name,
+        passed=verdict.passed,
+        severity=AssetCheckSeverity.ERROR if verdict.blocking else AssetCheckSeverity.WARN,
+        metadata={k: _value(k, v, verdict) for k, v in verdict.metadata.items()},
+        description=None if verdict.passed else verdict.problem,
+    )

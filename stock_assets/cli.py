@@ -29,7 +29,8 @@ def _exit_on_sigterm() -> None:
 
 
 def _start_stack(workdir: Path, seed: bool = True):
-    from stock_assets.local.seed import find_data_dir, seed_source_bucket
+    from stock_assets.bucket_layout import find_data_dir
+    from stock_assets.local.seed import seed_source_bucket
     from stock_assets.local.stack import LocalStack
     from stock_assets.settings import Naming
 
@@ -59,11 +60,11 @@ def _start_stack(workdir: Path, seed: bool = True):
             flush=True,
         )
         # The topic the run-status sensors publish to, so notifications work locally.
-        from stock_assets.provision import aws_region
+        from stock_assets.provision import ensure_topic
+        from stock_assets.settings import aws_region
 
-        arn = boto3.client("sns", region_name=aws_region()).create_topic(
-            Name=Naming.from_env().sns_topic
-        )["TopicArn"]
+        sns = boto3.client("sns", region_name=aws_region())
+        arn, _ = ensure_topic(sns, Naming.from_env().sns_topic)
         print(f"SNS topic {arn} (see messages: stock-assets notifications)", flush=True)
     return stack
 
@@ -81,7 +82,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from dagster import DagsterInstance
 
         from stock_assets.definitions import defs
-        from stock_assets.jobs import STOCK_PIPELINE_JOB, asset_materializations
+        from stock_assets.jobs import STOCK_PIPELINE_JOB
+        from stock_assets.metadata import CSV, PipelineCounts, TableMetadata, asset_materializations
         from stock_assets.pipeline.load import count_rows
         from stock_assets.settings import OUTPUT_KEY, TABLE_NAME, Naming
 
@@ -108,15 +110,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         with psycopg2.connect(stack.postgres.url) as conn, conn.cursor() as cur:
             rows = count_rows(cur, TABLE_NAME)
-        csv_meta = asset_materializations(result, "historical_stock_data_csv")[0].metadata
+        csv_meta = asset_materializations(result, CSV.to_user_string())[0].metadata
+        counts, written = PipelineCounts.extract(csv_meta), TableMetadata.extract(csv_meta)
         checks = result.get_asset_check_evaluations()
         warned = [f"{c.check_name} ({c.metadata['count'].value})" for c in checks if not c.passed]
         print(
             f"\nthe pipeline succeeded in {seconds:.1f}s (run id {result.run_id})\n"
-            f"  rows read {csv_meta['rows_read'].value}, "
-            f"written {csv_meta['dagster/row_count'].value}, "
-            f"rejected {csv_meta['rows_rejected'].value}; files skipped "
-            f"{csv_meta['files_skipped'].value}\n"
+            f"  rows read {counts.rows_read}, written {written.row_count}, "
+            f"rejected {counts.rows_rejected}; files skipped {counts.files_skipped}\n"
             f"  checks {sum(c.passed for c in checks)} of {len(checks)} passed; "
             f"warnings: {', '.join(warned) or 'none'}\n"
             f"  CSV    s3://{naming.source_bucket}/{OUTPUT_KEY}\n"

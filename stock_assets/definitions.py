@@ -1,10 +1,11 @@
 """The Dagster code location: `stock_assets.definitions:defs`."""
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions, EnvVar, in_process_executor
 
 from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
 from stock_assets.jobs import stock_pipeline_job
 from stock_assets.resources import (
+    DATABASE_URL_ENV,
     PipelineSettings,
     PostgresResource,
     SNSResource,
@@ -29,8 +30,8 @@ defs = Definitions(
     resources={
         # Endpoint, region and credentials come from boto3's own environment variables.
         "s3": StockS3Resource(),
-        # The URL (a secret) is read from STOCK_ASSETS_DATABASE_URL when a run connects.
-        "postgres": PostgresResource(),
+        # The URL (a secret) is resolved from the environment when a run starts.
+        "postgres": PostgresResource(database_url=EnvVar(DATABASE_URL_ENV)),
         "settings": PipelineSettings.from_env(),
         # Topic from the naming convention (STOCK_ASSETS_SNS_TOPIC overrides: a name or an ARN).
         "sns": SNSResource.from_env(),

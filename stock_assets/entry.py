@@ -54,42 +54,55 @@ def _instance() -> Any:
 
 def _summary(result: Any) -> str:
     """The counts a person checks first, from the assets' materialisation metadata."""
-    from stock_assets.jobs import asset_materializations
+    from stock_assets.metadata import (
+        CSV,
+        TABLE,
+        PipelineCounts,
+        TableMetadata,
+        asset_materializations,
+    )
 
     lines = []
-    for node in ("historical_stock_data_csv", "historical_stocks_data"):
-        for event in asset_materializations(result, node):
-            meta = {k: v.value for k, v in event.metadata.items()}
-            wanted = ("files_read", "files_skipped", "rows_read", "rows_rejected", "location")
-            shown = {k: meta[k] for k in ("dagster/row_count", *wanted) if k in meta}
-            lines.append(f"  {node}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    for key in (CSV, TABLE):
+        for event in asset_materializations(result, key.to_user_string()):
+            table = TableMetadata.extract(event.metadata)
+            counts = PipelineCounts.extract(event.metadata)
+            shown = {
+                "row_count": table.row_count,
+                "files_read": counts.files_read,
+                "files_skipped": counts.files_skipped,
+                "rows_read": counts.rows_read,
+                "rows_rejected": counts.rows_rejected,
+                "location": counts.location,
+            }
+            lines.append(
+                f"  {key.to_user_string()}: "
+                + ", ".join(f"{k}={v}" for k, v in shown.items() if v is not None)
+            )
     return "\n".join(lines)
 
 
-def _notify(instance: Any, result: Any) -> bool:
-    """Email the run's outcome as the run-status sensors would; False if it could not be sent."""
-    from stock_assets.notifications import (
-        NOTIFICATION_ID_TAG,
-        NOTIFICATION_TAG,
-        NotificationError,
-        build_body,
-    )
-    from stock_assets.resources import PipelineSettings, SNSResource
-    from stock_assets.sensors import build_report
-    from stock_assets.settings import TABLE_NAME
+def _notify(instance: Any, run_id: str, succeeded: bool) -> bool:
+    """Email the run's outcome as the run-status sensors do; False if it could not be sent."""
+    from stock_assets.notifications import NotificationError
+    from stock_assets.resources import SNSResource
+    from stock_assets.run_report import outcome_subject, publish_run_outcome
+    from stock_assets.settings import Naming
 
-    run = instance.get_run_by_id(result.run_id)
-    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    report = build_report(instance, run, result.success, failures, table=TABLE_NAME)
-    subject = PipelineSettings.from_env().naming.subject("Success" if result.success else "Failure")
+    naming = Naming.from_env()
     try:
-        message_id = SNSResource.from_env().publish(subject, build_body(report))
+        message_id = publish_run_outcome(
+            instance,
+            instance.get_run_by_id(run_id),
+            SNSResource.from_env(),
+            naming,
+            succeeded=succeeded,
+        )
     except NotificationError as err:
-        # Already retried with backoff: say so loudly, on the run too, and let the exit code tell.
-        instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
+        # Already retried, and recorded on the run: say so loudly, and let the exit code tell.
         print(f"the SNS notification was NOT sent: {err}", file=sys.stderr)
         return False
-    instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id})
+    subject = outcome_subject(naming, succeeded)
     print(f"sent {subject!r} through SNS (message {message_id})")
     return True
 
@@ -109,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stock_assets.definitions import defs
     from stock_assets.jobs import STOCK_PIPELINE_JOB
     from stock_assets.notifications import TRIGGER_TAG
-    from stock_assets.sensors import step_error
+    from stock_assets.run_report import step_error
 
     tags.setdefault(TRIGGER_TAG, ENTRY_TRIGGER)  # names the trigger in the UI and the email
     job = defs.resolve_job_def(STOCK_PIPELINE_JOB)
@@ -126,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  step {error.step_key}: {error.error_type}: {error.message}",
                         file=sys.stderr,
                     )
-        notified = _notify(instance, result) if args.notify else True
+        notified = _notify(instance, result.run_id, result.success) if args.notify else True
     if not result.success:
         return 1
     return 0 if notified else 3

@@ -26,6 +26,7 @@ from stock_assets.settings import (
     SCRIPTS_PREFIX,
     STOCKS_PREFIX,
     Naming,
+    aws_region,
 )
 
 Policy = dict[str, Any]
@@ -219,8 +220,6 @@ def policy_documents(
 def cli_iam(args: argparse.Namespace) -> int:
     """Print the policy documents: all of them as one JSON object keyed by name, or one bare
     document (`--policy NAME`), ready for `aws iam put-role-policy --policy-document`."""
-    from stock_assets.provision import aws_region
-
     if args.account_id and not re.fullmatch(r"\d{12}", args.account_id):
         print(f"--account-id must be 12 digits, not {args.account_id!r}", file=sys.stderr)
         return 2

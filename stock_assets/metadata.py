@@ -19,10 +19,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Self
 
-from dagster import AssetKey, MetadataValue, TableColumn, TableSchema
+from dagster import AssetKey, AssetMaterialization, MetadataValue, TableColumn, TableSchema
 from pydantic import BaseModel, ConfigDict
 
 from stock_assets.pipeline.columns import OUTPUT_COLUMNS
+from stock_assets.pipeline.companies import CompanyFilter
+from stock_assets.pipeline.quality import markdown_bar_chart
+from stock_assets.pipeline.run import CsvOutcome, TableOutcome
+from stock_assets.pipeline.s3 import S3Object, listing_fingerprint, s3_uri
+from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, STOCKS_PREFIX
 
 RAW_STOCK_FILES = AssetKey("raw_stock_files")
 TOP_COMPANIES = AssetKey("top_companies")
@@ -84,3 +89,110 @@ class PipelineCounts(_NamespacedSet):
     location: str | None = None
     rejects: dict[str, str] | None = None
     source_run_id: str | None = None
+
+
+# --- what each asset records -------------------------------------------------------------------
+
+
+def stocks_observation(objects: list[S3Object], bucket: str) -> dict[str, Any]:
+    """raw_stock_files as observed: what is under `Stocks/` (its fingerprint is the data
+    version)."""
+    largest = max(objects, key=lambda o: o.size, default=None)
+    return {
+        "files": len(objects),
+        "total_bytes": MetadataValue.int(sum(o.size for o in objects)),
+        "empty_files": sum(1 for o in objects if o.size == 0),
+        "largest_file": f"{largest.name} ({largest.size} bytes)" if largest else "none",
+        "listing_fingerprint": listing_fingerprint(objects),
+        "location": MetadataValue.url(s3_uri(bucket, STOCKS_PREFIX)),
+    }
+
+
+def filter_metadata(company_filter: CompanyFilter, bucket: str) -> dict[str, Any]:
+    """top_companies: what the filter names, and what was dropped from it."""
+    return {
+        "entries": company_filter.entries,
+        "files_selected": len(company_filter.files),
+        "duplicates_dropped": len(company_filter.duplicates),
+        "invalid_entries": len(company_filter.invalid),
+        "first_files": ", ".join(company_filter.files[:10]),
+        "location": MetadataValue.url(s3_uri(bucket, FILTER_KEY)),
+    }
+
+
+def csv_metadata(csv: CsvOutcome, bucket: str) -> dict[str, Any]:
+    """The CSV's materialisation: counts that reconcile, where things are, a preview."""
+    assert csv.combined is not None and csv.csv is not None and csv.profile is not None
+    files, skipped = csv.combined.files, csv.skipped
+    return {
+        **TableMetadata(row_count=csv.csv.rows, column_schema=TABLE_SCHEMA),
+        **PipelineCounts(
+            files_selected=csv.files_selected,
+            files_read=sum(1 for f in files if not f.skip_reason),
+            files_skipped=len(skipped),
+            rows_read=csv.combined.rows_read,
+            rows_rejected=csv.combined.rows_rejected,
+            open_zero_rows=sum(f.open_zero_rows for f in files),
+            location=s3_uri(bucket, OUTPUT_KEY),
+            rejects=csv.rejects,
+        ),
+        "skipped_files": MetadataValue.md(
+            markdown_table(["file", "reason"], [[f.file_name, f.skip_reason] for f in skipped])
+            if skipped
+            else "none"
+        ),
+        "companies": len({f.company for f in files if f.rows_written}),
+        "bytes_read": sum(f.bytes_read for f in files),
+        "reads_retried": csv.reads_retried,  # presigned GETs read again with get_object
+        "bytes_written": csv.csv.size,
+        "content_fingerprint": csv.csv.fingerprint,
+        **{name: round(seconds, 3) for name, seconds in csv.seconds.items()},
+        "rows_per_year": MetadataValue.md(
+            markdown_bar_chart(dict(sorted(csv.profile.rows_per_year.items())), "year")
+        ),
+        "preview": MetadataValue.md(
+            markdown_table(
+                OUTPUT_COLUMNS, [list(r.values()) for r in csv.combined.head.to_pylist()]
+            )
+        ),
+    }
+
+
+def table_metadata(table: TableOutcome, bucket: str, database: str) -> dict[str, Any]:
+    """The table's materialisation: what it holds now and which CSV (and run) it came from."""
+    assert table.loaded is not None
+    loaded = table.loaded
+    return {
+        **TableMetadata(
+            row_count=loaded.rows_loaded, column_schema=TABLE_SCHEMA, table_name=loaded.table
+        ),
+        **PipelineCounts(source_run_id=table.source_run_id),
+        "rows_before": loaded.rows_before,
+        "rows_expected_from_csv": table.expected_rows,
+        "source_csv": MetadataValue.url(s3_uri(bucket, OUTPUT_KEY)),
+        "database": database,
+        "load_seconds": round(loaded.seconds, 3),
+        "preview": MetadataValue.md(
+            markdown_table(OUTPUT_COLUMNS, [list(r) for r in table.preview])
+        ),
+    }
+
+
+def _rows(table: Any) -> list[list[Any]]:
+    return [list(row.values()) for row in table.to_pylist()]
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+
+
+def asset_materializations(result: Any, asset: str) -> list[AssetMaterialization]:
+    """The materialisations of `asset` in a job's in-process result (one step can make several
+    assets, so looking them up by step name is not enough)."""
+    key = AssetKey(asset)
+    return [
+        event.materialization
+        for event in result.get_asset_materialization_events()
+        if event.asset_key == key
+    ]

@@ -1,25 +1,20 @@
-"""What a run's success/failure email says, and how it is published: pure, Dagster-free Python.
+"""What a run's success/failure email says: pure, Dagster-free Python.
 
-The Dagster layer (`stock_assets.sensors`) reads a run's tags and events into a `RunReport`; this
-module turns it into a subject the graders match exactly and a body a person can act on. The
-retry helper is here too, so its behaviour is testable without AWS, and the sensors' settings
-from the environment, so the CLI reads them without importing Dagster.
+The Dagster layer (`stock_assets.run_report`) reads a run's tags and events into a `RunReport`;
+this module turns it into a subject the graders match exactly and a body a person can act on. The
+run tags the project writes and the sensors' settings from the environment are here too, so the
+CLI reads them without importing Dagster.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
-
-T = TypeVar("T")
 
 # Run tags this project writes. The marker sensor sets the trigger and marker tags; anything else
 # that launches the job (the Airflow DAG, a script) may set TRIGGER_TAG to say who it is.
@@ -52,8 +47,6 @@ SUBJECT_MAX_CHARS = 99
 # SNS messages may be 256 KB; an email far shorter than that is still readable.
 BODY_MAX_CHARS = 60_000
 ERROR_MAX_CHARS = 2_000
-
-log = logging.getLogger(__name__)
 
 # Sensor settings live here too (not in sensors.py) so the CLI can read them without Dagster.
 INTERVAL_ENV = "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS"
@@ -320,36 +313,3 @@ def build_body(report: RunReport) -> str:
 
 def run_url(base_url: str, run_id: str) -> str:
     return f"{base_url.rstrip('/')}/runs/{run_id}"
-
-
-def call_with_retry(
-    action: Callable[[], T],
-    *,
-    attempts: int,
-    backoff_seconds: float,
-    is_retryable: Callable[[BaseException], bool],
-    sleep: Callable[[float], None] = time.sleep,
-    what: str = "call",
-) -> T:
-    """Run `action`, retrying retryable errors with exponential backoff, at most `attempts` times.
-
-    Bounded on purpose: it runs inside a sensor tick, which must finish (the daemon times ticks
-    out), so an outage ends in NotificationError rather than an endless wait.
-    """
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except Exception as err:
-            if attempt == attempts or not is_retryable(err):
-                raise NotificationError(
-                    f"{what} failed after {attempt} attempt(s): {type(err).__name__}: {err}"
-                ) from err
-            delay = backoff_seconds * 2 ** (attempt - 1)
-            log.warning(
-                "%s failed (attempt %d/%d): %s; retrying in %.1fs", what, attempt, attempts, err,
-                delay,
-            )  # fmt: skip
-            sleep(delay)
-    raise AssertionError("unreachable")

@@ -20,8 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from stock_assets.iam import Policy, marker_bucket_policies, public_grader_bucket_policies
-from stock_assets.local.seed import (
+from stock_assets.bucket_layout import (
     FILTER_NAME,
     ensure_layout,
     find_data_dir,
@@ -29,7 +28,9 @@ from stock_assets.local.seed import (
     upload_files,
     upload_filter_and_scripts,
 )
-from stock_assets.settings import DEFAULT_REGION, SOURCE_FOLDERS, TABLE_NAME, Naming
+from stock_assets.iam import Policy, marker_bucket_policies, public_grader_bucket_policies
+from stock_assets.settings import DEFAULT_REGION, SOURCE_FOLDERS, TABLE_NAME, Naming, aws_region
+from stock_assets.sns import find_topic_arn
 
 EMAILS_ENV = "STOCK_ASSETS_NOTIFY_EMAILS"
 STATIC_IP_ENV = "STOCK_ASSETS_STATIC_IP"
@@ -51,10 +52,6 @@ MARKER_POLICY_NOTE = (
     "note: --marker-policy lets anyone put objects ending in .SUCCESS into the monitored bucket "
     "(and so start pipeline runs); nothing else is public."
 )
-
-
-def aws_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
 def emails_from_env(environ: dict[str, str] | None = None) -> list[str]:
@@ -158,16 +155,19 @@ def _policy_steps(s3: Any, config: ProvisionConfig) -> list[Step]:
     return steps
 
 
-def _topic_steps(sns: Any, config: ProvisionConfig, result: ProvisionResult) -> list[Step]:
-    from stock_assets.resources import find_topic_arn
+def ensure_topic(sns: Any, name: str) -> tuple[str, bool]:
+    """The topic's ARN, and whether this call created it."""
+    existing = find_topic_arn(sns, name)
+    # CreateTopic is idempotent: it returns the existing topic's ARN.
+    return existing or sns.create_topic(Name=name)["TopicArn"], existing is None
 
+
+def _topic_steps(sns: Any, config: ProvisionConfig, result: ProvisionResult) -> list[Step]:
     name = config.naming.sns_topic
 
     def topic() -> str:
-        existing = find_topic_arn(sns, name)
-        # CreateTopic is idempotent: it returns the existing topic's ARN.
-        result.topic_arn = existing or sns.create_topic(Name=name)["TopicArn"]
-        return f"{'already there' if existing else 'created'}: {result.topic_arn}"
+        result.topic_arn, created = ensure_topic(sns, name)
+        return f"{'created' if created else 'already there'}: {result.topic_arn}"
 
     def subscriptions() -> str:
         assert result.topic_arn is not None
@@ -214,8 +214,8 @@ def _table_step(config: ProvisionConfig) -> Step:
             return "SKIPPED: STOCK_ASSETS_DATABASE_URL is not set"
         import psycopg2
 
+        from stock_assets.database import psycopg2_dsn, redact_url
         from stock_assets.pipeline.load import ensure_table
-        from stock_assets.resources import psycopg2_dsn, redact_url
 
         conn = psycopg2.connect(psycopg2_dsn(config.database_url), connect_timeout=10)
         try:

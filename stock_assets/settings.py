@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_FIRST_NAME = "Dora"
@@ -22,11 +23,32 @@ REJECTED_PREFIX = "Output/rejected/"
 SCRIPTS_PREFIX = "Scripts/"
 SOURCE_FOLDERS = ("CompanyNames/", "Output/", "Scripts/", "Stocks/")
 
+# The naming settings, declared once: their names (PipelineSettings' config fields too) and
+# environment variables. Naming stores the overrides as `*_override`, because its own
+# `source_bucket`, `monitored_bucket` and `sns_topic` are the names it derives.
+NAMING_ENV = {
+    "first_name": "STOCK_ASSETS_FIRST_NAME",
+    "surname": "STOCK_ASSETS_SURNAME",
+    "cohort": "STOCK_ASSETS_COHORT",
+    "source_bucket": "STOCK_ASSETS_SOURCE_BUCKET",
+    "monitored_bucket": "STOCK_ASSETS_MONITORED_BUCKET",
+    "sns_topic": "STOCK_ASSETS_SNS_TOPIC",
+}
+_OVERRIDDEN = ("source_bucket", "monitored_bucket", "sns_topic")
+
 _NAME_PART = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # whole value: fullmatch
+
+
+def aws_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
 
 
 def _slug(part: str) -> str:
     return part.strip().lower()
+
+
+def _field(setting: str) -> str:
+    return f"{setting}_override" if setting in _OVERRIDDEN else setting
 
 
 @dataclass(frozen=True)
@@ -77,19 +99,19 @@ class Naming:
         cohort = f"{self.cohort}_" if self.cohort else ""
         return f"{cohort}{self.first_name.strip()}_{self.surname.strip()}_Pipeline_{outcome}"
 
+    def settings(self) -> dict[str, str | None]:
+        """The fields by their setting names (see NAMING_ENV), e.g. for PipelineSettings."""
+        return {setting: getattr(self, _field(setting)) for setting in NAMING_ENV}
+
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Naming:
+    def from_settings(cls, settings: Mapping[str, str | None]) -> Naming:
+        """From setting names (see NAMING_ENV); a missing or None setting takes the default."""
+        return cls(**{_field(k): v for k, v in settings.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Naming:
         env = os.environ if environ is None else environ
-
-        def opt(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        return cls(
-            first_name=opt("STOCK_ASSETS_FIRST_NAME") or DEFAULT_FIRST_NAME,
-            surname=opt("STOCK_ASSETS_SURNAME") or DEFAULT_SURNAME,
-            cohort=opt("STOCK_ASSETS_COHORT"),
-            source_bucket_override=opt("STOCK_ASSETS_SOURCE_BUCKET"),
-            monitored_bucket_override=opt("STOCK_ASSETS_MONITORED_BUCKET"),
-            sns_topic_override=opt("STOCK_ASSETS_SNS_TOPIC"),
+        # An empty variable counts as unset.
+        return cls.from_settings(
+            {setting: env.get(var, "").strip() or None for setting, var in NAMING_ENV.items()}
         )

@@ -22,6 +22,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # `-m "not stack"` then runs only the tests that need no servers; fixturenames is already
+    # the closure, so a test that reaches local_stack through other fixtures counts too.
+    for item in items:
+        if "local_stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.stack)
+
+
 def sample_files(names: list[str] | None = None) -> list[tuple[str, bytes]]:
     paths = sorted(SAMPLE_STOCKS.glob("*.csv"))
     return [(p.name, p.read_bytes()) for p in paths if names is None or p.name in names]

@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import psycopg2
+import pytest
 
 from stock_assets_tests.conftest import REPO_ROOT, SAMPLE_FILTER, SAMPLE_STOCKS
+
+# `stock-assets demo` starts a local stack of its own.
+pytestmark = pytest.mark.stack
 
 STOCK_ASSETS = str(Path(sys.executable).parent / "stock-assets")
 

@@ -14,7 +14,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from stock_assets import entry
-from stock_assets.local.seed import ENTRY_KEY, INSERT_QUERY_KEY
+from stock_assets.bucket_layout import ENTRY_KEY, INSERT_QUERY_KEY
 from stock_assets.local.sns_inbox import sent_messages
 from stock_assets.notifications import NOTIFICATION_TAG, TRIGGER_TAG
 from stock_assets.pipeline.load import read_sql

@@ -31,6 +31,7 @@ from psycopg2 import sql
 from stock_assets.local.seed import seed_source_bucket
 from stock_assets.local.sns_inbox import SentMessage, sent_messages
 from stock_assets.local.stack import LocalStack, free_port
+from stock_assets.markers import Marker, marker_chunks
 from stock_assets.notifications import (
     MARKER_KEYS_TAG,
     MAX_TAG_VALUE_BYTES,
@@ -40,7 +41,6 @@ from stock_assets.notifications import (
 )
 from stock_assets.provision import drop_marker
 from stock_assets.resources import SNSResource
-from stock_assets.sensors import Marker, marker_chunks
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, TABLE_NAME, Naming
 from stock_assets_tests.conftest import SAMPLE_FILTER, TESTS_DATA, sample_files, table_rows
 from stock_assets_tests.deployment import DagsterDeployment, wait_until

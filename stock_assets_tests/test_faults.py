@@ -12,10 +12,12 @@ import psycopg2
 import pytest
 from dagster import DagsterInstance, materialize
 
-from stock_assets.assets import RUN_META, historical_stock_data, raw_stock_files, top_companies
+from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
+from stock_assets.pipeline.companies import parse_company_filter
+from stock_assets.pipeline.run import RUN_META
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 from stock_assets.settings import OUTPUT_KEY, STOCKS_PREFIX
-from stock_assets_tests.conftest import REPO_ROOT, sample_files, table_rows
+from stock_assets_tests.conftest import REPO_ROOT, SAMPLE_FILTER, table_rows
 from stock_assets_tests.faults import FaultyHttpProxy, HttpFault, TcpToUnixProxy
 from stock_assets_tests.test_pipeline import metadata, run_job
 
@@ -79,29 +81,19 @@ def test_a_refused_output_write_is_sent_again_whole(loaded, s3_proxy, s3_client,
     assert sorted(table_rows(db)) == loaded[0]
 
 
-def test_each_run_lists_the_stock_files_once(loaded, s3_proxy, s3_client, naming):
-    def stock_listings() -> int:
-        return sum(
-            1
-            for method, path in s3_proxy.requests
-            if method == "GET" and "list-type=2" in path and "prefix=Stocks" in path
-        )
-
-    # Three assets of the run look at Stocks/; the run lists it once (one page: a small bucket).
-    assert run_job().success
-    assert stock_listings() == 1
-    # The next run lists again and sees a file added since.
+def test_a_run_reads_only_the_named_files_and_never_lists_stocks(
+    loaded, s3_proxy, s3_client, naming
+):
+    # A file the filter does not name: the run must not touch it (nor list the folder).
     body = b"Date,Open,High,Low,Close,Volume,OpenInt\n2017-11-10,1,2,0.5,1.5,10,0\n"
-    s3_client.put_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}new.us.txt", Body=body)
-    result = run_job()
-    assert result.success
-    assert stock_listings() == 2
-    [observation] = [
-        e.event_specific_data.asset_observation
-        for e in result.all_events
-        if e.event_type_value == "ASSET_OBSERVATION"
-    ]
-    assert observation.metadata["files"].value == len(sample_files()) + 1
+    s3_client.put_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}new.us.csv", Body=body)
+    assert run_job().success
+    listings = [p for m, p in s3_proxy.requests if m == "GET" and "list-type=2" in p]
+    assert listings == []
+    read = {p.split("?")[0].rsplit("/", 1)[-1] for m, p in s3_proxy.requests if m == "GET"}
+    named = set(parse_company_filter(SAMPLE_FILTER.read_bytes()).files)
+    assert named <= read
+    assert not {"new.us.csv", "a.us.csv"} & read  # under Stocks/, not in the filter
 
 
 def test_s3_500s_on_the_output_write_fail_cleanly_after_bounded_retries(

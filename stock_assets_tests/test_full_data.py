@@ -2,7 +2,8 @@
 
 import pytest
 
-from stock_assets.local.seed import ARCHIVE_NAME, FILTER_NAME, seed_source_bucket
+from stock_assets.bucket_layout import ARCHIVE_NAME, FILTER_NAME
+from stock_assets.local.seed import seed_source_bucket
 from stock_assets_tests.conftest import REPO_ROOT, SHARED_DATA
 from stock_assets_tests.test_pipeline import FIRST_LINE, metadata, output_lines, run_job
 
@@ -27,13 +28,13 @@ def test_full_real_data_set_reconciles(clean_stack, s3_client, naming, db):
         cur.execute("SELECT count(*), count(DISTINCT company_name) FROM historical_stocks_data")
         table_rows, companies = cur.fetchone()
     print(
-        f"\nfull data set ({DATA_DIR}): files selected {csv_meta['files_selected']}, "
-        f"skipped {csv_meta['files_skipped']}; rows read {csv_meta['rows_read']} = "
-        f"table {table_rows} + rejected {csv_meta['rows_rejected']}; companies {companies}; "
-        f"Open=0 rows {csv_meta['open_zero_rows']}; csv {csv_meta['duration_seconds']}s, "
+        f"\nfull data set ({DATA_DIR}): files selected {csv_meta['stock_assets/files_selected']}, "
+        f"skipped {csv_meta['stock_assets/files_skipped']}; rows read {csv_meta['stock_assets/rows_read']} = "
+        f"table {table_rows} + rejected {csv_meta['stock_assets/rows_rejected']}; companies {companies}; "
+        f"Open=0 rows {csv_meta['stock_assets/open_zero_rows']}; csv {csv_meta['duration_seconds']}s, "
         f"load {table_meta['load_seconds']}s"
     )
-    assert csv_meta["rows_read"] == table_rows + csv_meta["rows_rejected"]
+    assert csv_meta["stock_assets/rows_read"] == table_rows + csv_meta["stock_assets/rows_rejected"]
     assert csv_meta["reads_retried"] == 0
     assert table_rows == csv_meta["dagster/row_count"] == 2_054_899
     assert companies == 995
@@ -41,7 +42,7 @@ def test_full_real_data_set_reconciles(clean_stack, s3_client, naming, db):
         line.split(" |")[0].strip("| ") for line in csv_meta["skipped_files"].splitlines()[2:]
     }
     assert skipped == EMPTY_FILES
-    assert csv_meta["open_zero_rows"] == 1
+    assert csv_meta["stock_assets/open_zero_rows"] == 1
     assert output_lines(s3_client, naming)[0] == FIRST_LINE
 
     # Every blocking check passes; the warnings report the real data's known defects.

@@ -104,7 +104,10 @@ def test_the_whole_corpus_through_the_pipeline_loses_nothing(seeded_stack, s3_cl
         if line.endswith(tuple(f",{n.split('.')[0]}" for n in CORPUS))
     ]
     assert len(corpus_lines) == expected_rows
-    assert meta["rows_read"] == meta["dagster/row_count"] + meta["rows_rejected"]
+    assert (
+        meta["stock_assets/rows_read"]
+        == meta["dagster/row_count"] + meta["stock_assets/rows_rejected"]
+    )
     assert len(table_rows(db)) == meta["dagster/row_count"]
 
     prefix = f"Output/rejected/{result.run_id}/"
@@ -115,7 +118,9 @@ def test_the_whole_corpus_through_the_pipeline_loses_nothing(seeded_stack, s3_cl
 
     rejected = read("rejected_rows.csv")
     assert (
-        len(rejected) == meta["rows_rejected"] == sum(len(r) for _, _, r, _ in CORPUS.values()) + 1
+        len(rejected)
+        == meta["stock_assets/rows_rejected"]
+        == sum(len(r) for _, _, r, _ in CORPUS.values()) + 1
     )
     assert all(r["reason"] for r in rejected)
     skipped = {r["file_name"]: r["reason"] for r in read("skipped_files.csv")}

@@ -16,8 +16,8 @@ from dagster import build_sensor_context
 from dagster_aws.s3 import S3Resource
 
 from stock_assets import iam
+from stock_assets.bucket_layout import FILTER_NAME
 from stock_assets.cli import main
-from stock_assets.local.seed import FILTER_NAME
 from stock_assets.provision import ProvisionConfig, provision
 from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.sensors import success_marker_sensor

@@ -5,13 +5,12 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError
 from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
 
 from stock_assets.definitions import defs
-from stock_assets.jobs import asset_materializations
 from stock_assets.local.sns_inbox import sent_messages
 from stock_assets.local.stack import free_port
+from stock_assets.metadata import PipelineCounts, asset_materializations
 from stock_assets.notifications import (
     MARKER_BUCKET_TAG,
     MARKER_KEYS_TAG,
@@ -24,14 +23,14 @@ from stock_assets.notifications import (
     RunReport,
     StepError,
     build_body,
-    call_with_retry,
     describe_trigger,
     sanitise_subject,
 )
-from stock_assets.resources import PipelineSettings, SNSResource, is_retryable_aws_error
+from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.sensors import sns_on_pipeline_failure, sns_on_pipeline_success
 from stock_assets.settings import FILTER_KEY, Naming
 from stock_assets_tests.conftest import table_rows
+from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
 
 # --- pure message building ----------------------------------------------------------------------
 
@@ -113,34 +112,6 @@ def test_success_body_has_no_failure_section_and_stays_bounded():
     assert len(build_body(huge)) <= 60_000
 
 
-def test_retry_backs_off_then_gives_up_clearly():
-    sleeps: list[float] = []
-    calls = []
-
-    def always_down():
-        calls.append(1)
-        raise EndpointConnectionError(endpoint_url="http://sns")
-
-    with pytest.raises(NotificationError, match="after 3 attempt"):
-        call_with_retry(always_down, attempts=3, backoff_seconds=0.5,
-                        is_retryable=is_retryable_aws_error, sleep=sleeps.append)  # fmt: skip
-    assert len(calls) == 3 and sleeps == [0.5, 1.0]
-
-
-def test_retry_does_not_repeat_a_permanent_error():
-    calls = []
-
-    def denied():
-        calls.append(1)
-        raise ClientError({"Error": {"Code": "AuthorizationError"},
-                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "Publish")  # fmt: skip
-
-    with pytest.raises(NotificationError, match="AuthorizationError"):
-        call_with_retry(denied, attempts=5, backoff_seconds=0,
-                        is_retryable=is_retryable_aws_error, sleep=lambda _: None)  # fmt: skip
-    assert len(calls) == 1
-
-
 # --- the SNS resource on moto ---------------------------------------------------------------------
 
 
@@ -153,6 +124,52 @@ def inbox(stack, naming):
     return sent_messages(stack.moto.endpoint_url, naming.sns_topic)
 
 
+def sns_error(kind: str, code: str) -> bytes:
+    """What SNS itself answers when it fails a request (the query protocol's error document)."""
+    return (
+        f'<ErrorResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/"><Error><Type>{kind}'
+        f"</Type><Code>{code}</Code><Message>injected</Message></Error>"
+        "<RequestId>fault-injection</RequestId></ErrorResponse>"
+    ).encode()
+
+
+@pytest.fixture
+def sns_proxy(clean_stack, monkeypatch):
+    """SNS, and only SNS, reaches moto through a proxy that fails requests on demand."""
+    proxy = FaultyHttpProxy(clean_stack.moto.endpoint_url).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", proxy.url)
+    yield proxy
+    proxy.stop()
+
+
+def test_retry_backs_off_then_gives_up_clearly(sns_proxy, topic):
+    outage = HttpFault(method="POST", status=503, body=sns_error("Receiver", "ServiceUnavailable"))
+    sns_proxy.faults.append(outage)
+    resource = SNSResource(topic=topic)
+    # botocore's standard mode: exponential backoff with jitter between the attempts.
+    retries = resource.get_client().meta.config.retries
+    assert retries == {"mode": "standard", "total_max_attempts": 3}
+    with pytest.raises(NotificationError, match=r"after 3 attempt\(s\).*ServiceUnavailable"):
+        resource.publish("s", "m")
+    assert outage.hits == 3
+
+
+def test_retry_does_not_repeat_a_permanent_error(sns_proxy, topic):
+    denied = HttpFault(method="POST", status=403, body=sns_error("Sender", "AuthorizationError"))
+    sns_proxy.faults.append(denied)
+    with pytest.raises(NotificationError, match=r"after 1 attempt\(s\).*AuthorizationError"):
+        SNSResource(topic=topic, max_attempts=5).publish("s", "m")
+    assert denied.hits == 1
+
+
+def test_the_topic_lookup_is_retried_as_the_publish_is(clean_stack, sns_proxy, topic, naming):
+    # A name, not an ARN: the first call is the lookup (ListTopics); its 5xx is absorbed.
+    hiccup = HttpFault(method="POST", status=500, times=1)
+    sns_proxy.faults.append(hiccup)
+    SNSResource(topic=naming.sns_topic).publish("Dora_Explorer_Pipeline_Success", "hi")
+    assert hiccup.hits == 1 and [m.message for m in inbox(clean_stack, naming)] == ["hi"]
+
+
 def test_publish_by_topic_name(clean_stack, topic, naming):
     message_id = SNSResource(topic=naming.sns_topic).publish("Dora_Explorer_Pipeline_Success", "hi")
     [sent] = inbox(clean_stack, naming)
@@ -163,14 +180,15 @@ def test_publish_by_topic_name(clean_stack, topic, naming):
 
 def test_missing_topic_is_a_clear_error_without_retries(clean_stack):
     with pytest.raises(NotificationError, match="does not exist.*stock-assets provision"):
-        SNSResource(topic="no-such-topic", backoff_seconds=30).publish("s", "m")
+        SNSResource(topic="no-such-topic").publish("s", "m")
 
 
 def test_unreachable_sns_gives_up_after_bounded_retries(clean_stack, monkeypatch):
     # Only SNS is down: boto3's per-service endpoint variable points it at a closed port.
     monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{free_port()}")
-    resource = SNSResource(topic="arn:aws:sns:eu-west-1:123456789012:t", max_attempts=2,
-                           backoff_seconds=0.01, timeout_seconds=1)  # fmt: skip
+    resource = SNSResource(
+        topic="arn:aws:sns:eu-west-1:123456789012:t", max_attempts=2, timeout_seconds=1
+    )
     with pytest.raises(NotificationError, match="after 2 attempt"):
         resource.publish("s", "m")
 
@@ -208,14 +226,14 @@ def test_success_sensor_sends_one_actionable_message(seeded_stack, topic, naming
     assert sent.subject == "Dora_Explorer_Pipeline_Success"
     rows = len(table_rows(db))
     [csv_event] = asset_materializations(result, "historical_stock_data_csv")
-    csv_meta = {k: v.value for k, v in csv_event.metadata.items()}
+    counts = PipelineCounts.extract(csv_event.metadata)
     for expected in [
         f"Run id:     {result.run_id}",
         f"http://127.0.0.1:3000/runs/{result.run_id}",
         "Triggered:  test",
-        f"files read:            {csv_meta['files_read']}",
+        f"files read:            {counts.files_read}",
         "files skipped:         1",
-        f"rows rejected:         {csv_meta['rows_rejected']}",
+        f"rows rejected:         {counts.rows_rejected}",
         f"rows loaded into historical_stocks_data: {rows:,}",
         "Asset checks (",
         "s3://de-mbd-predict-dora-explorer-s3-source/Output/historical_stock_data.csv",
@@ -289,8 +307,7 @@ def test_sns_outage_is_recorded_on_the_run_and_raised(seeded_stack, naming, monk
         dagster_run=result.dagster_run,
         dagster_event=result.get_run_success_event(),
         resources={
-            "sns": SNSResource(topic=naming.sns_topic, max_attempts=2, backoff_seconds=0.01,
-                               timeout_seconds=1),
+            "sns": SNSResource(topic=naming.sns_topic, max_attempts=2, timeout_seconds=1),
             "settings": PipelineSettings(),
         },
     ) as context, pytest.raises(NotificationError):  # fmt: skip
@@ -321,7 +338,7 @@ def test_the_report_names_the_table_the_run_loaded(seeded_stack, local_stack, db
 
     from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
     from stock_assets.resources import PostgresResource, StockS3Resource
-    from stock_assets.sensors import run_numbers
+    from stock_assets.run_report import run_numbers
     from stock_assets.settings import TABLE_NAME
 
     instance = DagsterInstance.ephemeral()

@@ -7,7 +7,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from stock_assets.definitions import defs
-from stock_assets.jobs import asset_materializations
+from stock_assets.metadata import asset_materializations
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import sample_files, table_rows
 
@@ -56,9 +56,12 @@ def test_job_writes_the_spec_csv_and_loads_the_table(seeded_stack, s3_client, na
 
     csv_meta = metadata(result, "historical_stock_data_csv")
     assert csv_meta["dagster/row_count"] == len(lines)
-    assert csv_meta["rows_read"] == csv_meta["dagster/row_count"] + csv_meta["rows_rejected"]
-    assert csv_meta["files_skipped"] == 1 and "bxg.us.csv" in csv_meta["skipped_files"]
-    assert csv_meta["open_zero_rows"] == 1
+    assert (
+        csv_meta["stock_assets/rows_read"]
+        == csv_meta["dagster/row_count"] + csv_meta["stock_assets/rows_rejected"]
+    )
+    assert csv_meta["stock_assets/files_skipped"] == 1 and "bxg.us.csv" in csv_meta["skipped_files"]
+    assert csv_meta["stock_assets/open_zero_rows"] == 1
     assert csv_meta["reads_retried"] == 0  # every file came from its presigned GET
     assert metadata(result, "historical_stocks_data")["dagster/row_count"] == len(lines)
 
@@ -75,8 +78,11 @@ def test_empty_file_is_reported_under_output_rejected(seeded_stack, s3_client, n
 def test_files_read_and_skipped_add_up_to_the_files_selected(seeded_stack):
     result = run_job()
     meta = metadata(result, "historical_stock_data_csv")
-    assert meta["files_skipped"] == 1  # bxg.us.csv is empty
-    assert meta["files_read"] + meta["files_skipped"] == meta["files_selected"]
+    assert meta["stock_assets/files_skipped"] == 1  # bxg.us.csv is empty
+    assert (
+        meta["stock_assets/files_read"] + meta["stock_assets/files_skipped"]
+        == meta["stock_assets/files_selected"]
+    )
 
 
 def test_a_file_in_a_subfolder_of_stocks_does_not_stand_in_for_the_named_file(
@@ -98,12 +104,12 @@ def test_a_preview_that_fails_after_commit_does_not_fail_the_loaded_run(
 ):
     import psycopg2
 
-    import stock_assets.assets
+    import stock_assets.pipeline.run
 
     def server_gone(*_args):  # the connection dropping between COMMIT and the preview query
         raise psycopg2.OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(stock_assets.assets, "preview_rows", server_gone)
+    monkeypatch.setattr(stock_assets.pipeline.run, "preview_rows", server_gone)
     result = run_job()
     assert result.success
     meta = metadata(result, "historical_stocks_data")
@@ -203,8 +209,22 @@ def test_oversized_file_is_refused_before_any_read(seeded_stack, s3_client, nami
         s3_client.head_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)
 
 
-def test_raw_stock_files_observation_reports_the_listing(seeded_stack):
+def observe_raw_stock_files():
+    """What the UI's "Observe" button runs: the source asset alone."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    return job.execute_in_process(
+        instance=DagsterInstance.ephemeral(), asset_selection=[AssetKey("raw_stock_files")]
+    )
+
+
+def test_the_pipeline_run_does_not_observe_or_list_the_source(seeded_stack):
     result = run_job()
+    assert result.success
+    assert not [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+
+
+def test_raw_stock_files_observation_reports_the_listing(seeded_stack):
+    result = observe_raw_stock_files()
     [observation] = [
         e.event_specific_data.asset_observation
         for e in result.all_events

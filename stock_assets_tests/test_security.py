@@ -11,9 +11,10 @@ import pytest
 from psycopg2 import sql
 
 from stock_assets import iam
+from stock_assets.database import psycopg2_dsn, redact_url
 from stock_assets.pipeline.load import load_csv
 from stock_assets.pipeline.quality import ChecksummingReader
-from stock_assets.resources import PostgresResource, psycopg2_dsn, redact_url
+from stock_assets.resources import PostgresResource
 from stock_assets.settings import Naming
 from stock_assets_tests.conftest import REPO_ROOT
 from stock_assets_tests.faults import TcpToUnixProxy

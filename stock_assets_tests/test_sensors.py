@@ -8,26 +8,25 @@ import pytest
 from dagster import SensorResult, SkipReason, build_sensor_context
 from dagster_aws.s3 import S3Resource
 
+from stock_assets.markers import (
+    MAX_MARKERS_PER_RUN,
+    Marker,
+    dump_cursor,
+    new_markers,
+    next_seen,
+    parse_cursor,
+)
 from stock_assets.notifications import (
     MARKER_BUCKET_TAG,
     MARKER_KEYS_TAG,
     MAX_KEY_IN_TAG_BYTES,
     MAX_TAG_VALUE_BYTES,
     TRIGGER_TAG,
+    sensor_interval_seconds,
     shorten_key,
 )
 from stock_assets.resources import PipelineSettings
-from stock_assets.sensors import (
-    MAX_MARKERS_PER_RUN,
-    Marker,
-    dump_cursor,
-    marker_run_requests,
-    new_markers,
-    next_seen,
-    parse_cursor,
-    sensor_interval_seconds,
-    success_marker_sensor,
-)
+from stock_assets.sensors import marker_run_requests, success_marker_sensor
 
 
 def tick(cursor: str | None = None, settings: PipelineSettings | None = None):
@@ -71,6 +70,22 @@ def test_markers_at_any_prefix_start_one_run_listing_every_key(bucket, s3_client
     # Nothing new: nothing requested, whatever the number of ticks.
     again = tick(result.cursor)
     assert not again.run_requests and again.cursor == result.cursor
+
+
+def test_a_launch_records_what_is_under_stocks(bucket, s3_client, naming):
+    first = tick()
+    assert not first.asset_events  # nothing launched, nothing observed
+    put(s3_client, bucket, ".SUCCESS")
+    result = tick(first.cursor)
+    assert result.run_requests
+    [observation] = result.asset_events
+    assert observation.asset_key.to_user_string() == "raw_stock_files"
+    listing = s3_client.list_objects_v2(Bucket=naming.source_bucket, Prefix="Stocks/")
+    objects = [o for o in listing["Contents"] if not o["Key"].endswith("/")]
+    meta = {k: getattr(v, "value", v) for k, v in observation.metadata.items()}
+    assert meta["files"] == len(objects)
+    assert meta["total_bytes"] == sum(o["Size"] for o in objects)
+    assert observation.tags["dagster/data_version"] == meta["listing_fingerprint"]
 
 
 def test_each_new_marker_gets_its_own_run(bucket, s3_client):

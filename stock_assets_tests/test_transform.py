@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from stock_assets.pipeline.combine import combine
+from stock_assets.pipeline.floats import format_floats
 from stock_assets.pipeline.output import output_csv_bytes
-from stock_assets.pipeline.transform import combine, format_floats, transform_file
+from stock_assets.pipeline.transform import transform_file
 from stock_assets_tests.conftest import SAMPLE_STOCKS
 
 HEADER = b"Date,Open,High,Low,Close,Volume,OpenInt\n"

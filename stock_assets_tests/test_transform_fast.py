@@ -10,9 +10,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from stock_assets.pipeline import transform as t
+from stock_assets.pipeline import fast_path, validate
+from stock_assets.pipeline.combine import combine
+from stock_assets.pipeline.floats import format_floats, repr_of_prices, repr_of_volumes
 from stock_assets.pipeline.output import output_csv_bytes
-from stock_assets.pipeline.transform import combine, format_floats, transform_file, transform_files
+from stock_assets.pipeline.records import FileResult
+from stock_assets.pipeline.transform import transform_file, transform_files
 from stock_assets_tests.conftest import SAMPLE_STOCKS
 from stock_assets_tests.test_transform import reference_line
 
@@ -70,15 +73,15 @@ def _random_file(rng: random.Random, p_bad: float) -> bytes:
     return data
 
 
-def _general_only(file_name: str, data: bytes) -> t.FileResult:
+def _general_only(file_name: str, data: bytes) -> FileResult:
     """The general path alone: the behaviour every fast path must reproduce."""
-    result, data = t._start(file_name, data)
+    result, data = validate.start(file_name, data)
     if result.skip_reason is None:
-        t._transform_general(data, result)
+        validate.transform_general(data, result)
     return result
 
 
-def _summary(result: t.FileResult) -> tuple:
+def _summary(result: FileResult) -> tuple:
     rows = None if result.table is None else result.table.to_pylist()
     return (
         result.file_name,
@@ -160,8 +163,8 @@ def test_real_sample_files_take_the_fast_path():
     for path in sorted(SAMPLE_STOCKS.glob("*.csv")):
         data = path.read_bytes()
         if data.strip():
-            result = t.FileResult(path.name, len(data))
-            assert t._transform_clean_file(data, result), path.name
+            result = FileResult(path.name, len(data))
+            assert fast_path.transform_clean_file(data, result), path.name
 
 
 def test_price_pass_through_is_repr_for_random_decimal_texts():
@@ -184,9 +187,9 @@ def test_price_pass_through_is_repr_for_random_decimal_texts():
         texts.append(text)
     array = pa.array(texts)
     values = pc.cast(array, pa.float64())
-    assert t._repr_of_prices(array, values).to_pylist() == [repr(float(x)) for x in texts]
+    assert repr_of_prices(array, values).to_pylist() == [repr(float(x)) for x in texts]
     # Sliced arrays (offsets not starting at 0) too.
-    assert t._repr_of_prices(array.slice(7), values.slice(7)).to_pylist() == [
+    assert repr_of_prices(array.slice(7), values.slice(7)).to_pylist() == [
         repr(float(x)) for x in texts[7:]
     ]
 
@@ -194,7 +197,7 @@ def test_price_pass_through_is_repr_for_random_decimal_texts():
 def test_volume_pass_through_is_the_integer():
     texts = ["0", "00", "007", "10", "1234567890", "0000000000001", "5"]
     array = pa.array(texts)
-    got = t._repr_of_volumes(array, pc.cast(array, pa.int64())).to_pylist()
+    got = repr_of_volumes(array, pc.cast(array, pa.int64())).to_pylist()
     assert got == [str(int(x)) for x in texts]
 
 

@@ -24,24 +24,16 @@ from stock_assets.pipeline.quality import (
     checksum_algorithm,
     table_checksum_sql,
 )
+from stock_assets.pipeline.verdicts import Verdict
 from stock_assets.settings import TABLE_NAME
 
 COPY_BUFFER_BYTES = 1 << 20
 
 
-@dataclass
-class CheckOutcome:
-    """One check run inside the load transaction."""
-
-    name: str
-    passed: bool
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
 class LoadCheckFailed(RuntimeError):
     """A check inside the load transaction failed; the transaction was rolled back."""
 
-    def __init__(self, outcomes: list[CheckOutcome]) -> None:
+    def __init__(self, outcomes: list[Verdict]) -> None:
         self.outcomes = outcomes
         failed = [o for o in outcomes if not o.passed]
         details = "; ".join(f"{o.name}: {o.metadata.get('problem', 'failed')}" for o in failed)
@@ -54,7 +46,7 @@ class LoadResult:
     rows_before: int
     rows_loaded: int
     seconds: float
-    checks: list[CheckOutcome] = field(default_factory=list)
+    checks: list[Verdict] = field(default_factory=list)
 
 
 def read_sql(name: str) -> str:
@@ -85,7 +77,7 @@ def count_rows(cursor: Any, table: str) -> int:
 
 
 # A check runs inside the transaction after the COPY and says whether COMMIT may happen.
-InTransactionCheck = Callable[[Any, str], CheckOutcome]
+InTransactionCheck = Callable[[Any, str], Verdict]
 
 
 def check_table_matches_csv(
@@ -98,7 +90,7 @@ def check_table_matches_csv(
     server computes over the table's rows.
     """
 
-    def check(cursor: Any, table: str) -> CheckOutcome:
+    def check(cursor: Any, table: str) -> Verdict:
         algorithm = reader.server_algorithm
         cursor.execute(sql.SQL(table_checksum_sql(algorithm)).format(table=sql.Identifier(table)))
         rows, table_checksum = (int(value) for value in cursor.fetchone())
@@ -121,7 +113,7 @@ def check_table_matches_csv(
             metadata["problem"] = "the CSV object's content changed since the CSV asset wrote it"
         elif table_checksum != streamed[algorithm]:
             metadata["problem"] = "content checksum of the table differs from the CSV's"
-        return CheckOutcome("table_matches_csv", "problem" not in metadata, metadata)
+        return Verdict("table_matches_csv", "problem" not in metadata, metadata)
 
     return check
 
@@ -134,7 +126,7 @@ def check_no_duplicate_keys(csv_duplicates: int | None, deep: bool = False) -> I
     the server count them itself, at the cost of a GROUP BY over the whole table.
     """
 
-    def check(cursor: Any, table: str) -> CheckOutcome:
+    def check(cursor: Any, table: str) -> Verdict:
         if csv_duplicates is not None and not deep:
             passed = csv_duplicates == 0
             metadata: dict[str, Any] = {"duplicates": csv_duplicates, "method": "proved from CSV"}
@@ -150,7 +142,7 @@ def check_no_duplicate_keys(csv_duplicates: int | None, deep: bool = False) -> I
             metadata = {"method": "counted in the table", "examples": [list(r) for r in examples]}
         if not passed:
             metadata["problem"] = "duplicate (company_name, stock_date) rows"
-        return CheckOutcome("table_no_duplicate_keys", passed, metadata)
+        return Verdict("table_no_duplicate_keys", passed, metadata)
 
     return check
 
@@ -171,7 +163,7 @@ class TableLoad:
         self.lock_timeout = lock_timeout
         self.rows_before = 0
         self.rows_loaded = 0
-        self.outcomes: list[CheckOutcome] = []
+        self.outcomes: list[Verdict] = []
         self._cursor: Any = None
         self._committed = False
         self._started = 0.0
@@ -198,7 +190,7 @@ class TableLoad:
         self.rows_loaded += self._cursor.rowcount
         return self._cursor.rowcount
 
-    def check(self, checks: list[InTransactionCheck]) -> list[CheckOutcome]:
+    def check(self, checks: list[InTransactionCheck]) -> list[Verdict]:
         """Run `checks` in the transaction; raises LoadCheckFailed (all outcomes so far) if any
         fails, which leaves COMMIT impossible."""
         self.outcomes += [check(self._cursor, self.table) for check in checks]
@@ -325,7 +317,7 @@ class PipelinedLoad:
         self._load: TableLoad | None = None
         self._reader: ChecksummingReader | None = None
         self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-check")
-        self._checking: Future[list[CheckOutcome]] | None = None
+        self._checking: Future[list[Verdict]] | None = None
         self.error: BaseException | None = None
         self.connection: Any = None
 
@@ -356,7 +348,7 @@ class PipelinedLoad:
         matches = check_table_matches_csv(expected_rows, None, self._reader)
         self._checking = self._checker.submit(self._check_beside_upload, matches)
 
-    def _check_beside_upload(self, check: InTransactionCheck) -> list[CheckOutcome]:
+    def _check_beside_upload(self, check: InTransactionCheck) -> list[Verdict]:
         assert self._load is not None
         # One server process for the scan: it runs while the caller uploads the CSV, and
         # parallel workers would take the CPU the upload needs on a small host.

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import bisect
 import csv
 import hashlib
 import io
 import itertools
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.csv as pv
 
+from stock_assets.pipeline.columns import OUTPUT_COLUMNS
+from stock_assets.pipeline.combine import CombinedOutput, OutputCombiner
 from stock_assets.pipeline.quality import OutputProfile, line_checksum
-from stock_assets.pipeline.transform import (
-    OUTPUT_COLUMNS,
-    CombinedOutput,
-    FileResult,
-    OutputCombiner,
-    RejectedRow,
-    transform_files,
-)
+from stock_assets.pipeline.records import FileResult, RejectedRow
+from stock_assets.pipeline.transform import transform_files
 
 REJECTED_ROWS_HEADER = ["file_name", "line", "reason", "raw_row"]
 SKIPPED_FILES_HEADER = ["file_name", "bytes", "reason"]
@@ -52,7 +48,9 @@ class CsvOutput:
     """The output CSV assembled batch by batch, in order, while the input is still being read.
 
     Each batch of output rows becomes spec-format bytes (`output_csv_bytes`, about
-    `rows_per_chunk` rows at a time), kept, added to the SHA-256 fingerprint, and handed to
+    `rows_per_chunk` rows at a time), spooled to a temporary file (the whole CSV is uploaded
+    from there: held in memory, it would double the run's footprint), added to the SHA-256
+    fingerprint, and handed to
     `forward` as soon as it exists, so a COPY into the table can run alongside the
     transformation instead of after it. `line_checksums`: also sum each line's CRC-32 (the
     content checksum the table is checked against) when nothing downstream computes it.
@@ -69,7 +67,7 @@ class CsvOutput:
         self._forward = forward
         self._on_batch = on_batch
         self._rows_per_chunk = rows_per_chunk
-        self._chunks: list[bytes] = []
+        self._spool = tempfile.TemporaryFile()  # noqa: SIM115  closed with this object
         self._sha256 = hashlib.sha256()
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -96,7 +94,7 @@ class CsvOutput:
         chunk = output_csv_bytes(batch)
         self.rows += self._pending_rows
         self._pending, self._pending_rows = [], 0
-        self._chunks.append(chunk)  # kept as they are: appending to one buffer copies them
+        self._spool.write(chunk)
         self.size += len(chunk)
         self._sha256.update(chunk)
         if self.crc32 is not None:
@@ -109,69 +107,16 @@ class CsvOutput:
         """`content_fingerprint` of the bytes written so far."""
         return _short_digest(self._sha256)
 
-    def body(self) -> ChunksReader:
-        """The whole CSV as a file object at its start (for an upload), read from the chunks
-        as they are: joining them first would copy 175 MB at the end of the run, on its
-        critical path."""
-        return ChunksReader(self._chunks)
+    def body(self) -> IO[bytes]:
+        """The whole CSV as a file object at its start, for an upload (seekable, so botocore
+        knows its length and can rewind it for a retry)."""
+        self._spool.flush()
+        self._spool.seek(0)
+        return self._spool
 
     def getvalue(self) -> bytes:
-        """The whole CSV. The chunks are joined once and then kept joined."""
-        if len(self._chunks) > 1:
-            self._chunks = [b"".join(self._chunks)]
-        return self._chunks[0] if self._chunks else b""
-
-
-class ChunksReader(io.RawIOBase):
-    """A read-only, seekable file object over `chunks` (bytes) taken as one stream.
-
-    Seekable and with a known end, so botocore sends it with a Content-Length, computes its
-    checksum and rewinds it for a retry exactly as it does a `BytesIO`.
-    """
-
-    def __init__(self, chunks: Sequence[bytes]) -> None:
-        self._chunks = list(chunks)
-        self._starts = list(itertools.accumulate((len(c) for c in self._chunks), initial=0))
-        self._size = self._starts.pop()
-        self._pos = 0
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed file.")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
-        if whence not in bases:
-            raise ValueError(f"invalid whence ({whence})")
-        base = bases[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        self._check_open()
-        view = memoryview(buffer).cast("B")
-        done = 0
-        index = bisect.bisect_right(self._starts, self._pos) - 1
-        while done < len(view) and self._pos < self._size:
-            chunk, offset = self._chunks[index], self._pos - self._starts[index]
-            take = min(len(view) - done, len(chunk) - offset)
-            view[done : done + take] = chunk[offset : offset + take]
-            done += take
-            self._pos += take
-            index += 1
-        return done
+        """The whole CSV, read back from the spool."""
+        return self.body().read()
 
 
 def build_output(
@@ -187,7 +132,9 @@ def build_output(
     checks (`OutputProfile`) run on a worker thread, batch by batch, so they are done when the
     last row is. `file_names`: every name `files` will yield (see `OutputCombiner`).
     """
-    combiner = OutputCombiner(file_names)
+    # The rows are written out as they come: keeping every file's table as well would hold the
+    # whole output in memory a second time.
+    combiner = OutputCombiner(file_names, keep_tables=False)
     profile = OutputProfile()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile") as checker:
         profiled: list[Future[None]] = []

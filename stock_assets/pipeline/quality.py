@@ -11,13 +11,15 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import IO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stock_assets.pipeline.transform import PRICE_COLUMNS, RejectedRow
+from stock_assets.pipeline.columns import PRICE_COLUMNS
+from stock_assets.pipeline.records import RejectedRow
 
 EXAMPLES = 5
 # A number as a double parses it (Arrow's cast to float64 accepts exactly these, and inf/nan,
@@ -109,16 +111,32 @@ def _row_keys(
     return np.where(valid, keys, -1 - rows)
 
 
-def _duplicates_among(table: pa.Table, keys: np.ndarray) -> Finding:
-    """Rows whose key an earlier row has; examples: the first repeated keys, in table order."""
+def _duplicates_among(
+    table: pa.Table | None, keys: np.ndarray, companies: dict[int, str] | None = None
+) -> Finding:
+    """Rows whose key an earlier row has; examples: the first repeated keys, in table order,
+    taken from `table`, or decoded from the keys themselves (`companies`: id → name)."""
     unique, first_rows, counts = np.unique(keys, return_index=True, return_counts=True)
     repeated = counts > 1
     if not repeated.any():
         return Finding(0)
-    example_rows = np.sort(first_rows[repeated])[:EXAMPLES]
-    sample = table.take(pa.array(example_rows)).select(["company_name", "stock_date"])
-    examples = [", ".join(f"{k}={v}" for k, v in row.items()) for row in sample.to_pylist()]
+    order = np.argsort(first_rows[repeated])[:EXAMPLES]
+    if table is not None:
+        sample = table.take(pa.array(first_rows[repeated][order])).select(
+            ["company_name", "stock_date"]
+        )
+        pairs = [(row["company_name"], row["stock_date"]) for row in sample.to_pylist()]
+    else:  # a repeated key always holds a valid date: unparsable ones get a key of their own
+        assert companies is not None
+        pairs = [_decode_key(int(key), companies) for key in unique[repeated][order]]
+    examples = [f"company_name={company}, stock_date={day}" for company, day in pairs]
     return Finding(int((counts[repeated] - 1).sum()), examples)
+
+
+def _decode_key(key: int, companies: dict[int, str]) -> tuple[str, str]:
+    """(company, ISO date) of a `_row_keys` key."""
+    day = (key & ((1 << _DAY_BITS) - 1)) - (1 << (_DAY_BITS - 1))
+    return companies[key >> _DAY_BITS], (date(1970, 1, 1) + timedelta(days=day)).isoformat()
 
 
 def _casts_cleanly(table: pa.Table, parsed: _Parsed) -> bool:
@@ -266,14 +284,14 @@ class OutputProfile:
             else:
                 self._duplicates = None
 
-    def duplicates(self, table: pa.Table) -> Finding:
-        """Duplicate keys of `table`: the concatenation of every batch added, in order."""
-        if self.rows != table.num_rows:
+    def duplicates(self, table: pa.Table | None = None) -> Finding:
+        """Duplicate keys of everything added (`table`, if given, must be those rows)."""
+        if table is not None and self.rows != table.num_rows:
             raise ValueError(f"{self.rows} rows profiled, the table has {table.num_rows}")
         if self._duplicates is not None:
             return self._duplicates
         keys = np.concatenate(self._keys) if self._keys else np.empty(0, np.int64)
-        return _duplicates_among(table, keys)
+        return _duplicates_among(None, keys, {i: name for name, i in self._company_ids.items()})
 
 
 def rejects_by_reason(rows: Iterable[RejectedRow]) -> dict[str, int]:

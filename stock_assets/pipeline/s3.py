@@ -9,12 +9,12 @@ import hashlib
 import os
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import urllib3
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError
 from botocore.httpsession import URLLib3Session
@@ -65,8 +65,24 @@ def listing_fingerprint(objects: Sequence[S3Object]) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_object(client: Any, bucket: str, key: str) -> bytes:
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+def read_object(client: Any, bucket: str, key: str, max_bytes: int | None = None) -> bytes:
+    """The object's bytes; `ObjectTooLarge` (body left unread) if its Content-Length is over
+    `max_bytes`."""
+    response = client.get_object(Bucket=bucket, Key=key)
+    body = response["Body"]
+    if max_bytes is not None and response["ContentLength"] > max_bytes:
+        body.close()
+        raise ObjectTooLarge(key, response["ContentLength"])
+    return body.read()
+
+
+class ObjectTooLarge(Exception):
+    """An object's Content-Length is over the per-file limit; its body was not read."""
+
+    def __init__(self, key: str, size: int) -> None:
+        super().__init__(f"{key} is {size} bytes")
+        self.key = key
+        self.size = size
 
 
 # Response headers that name a checksum algorithm: x-amz-checksum-<algorithm>, but not these two.
@@ -111,9 +127,11 @@ class ObjectReader:
         bucket: str,
         presigned: URLLib3Session | None = None,
         url_expiry_seconds: int = 900,
+        max_bytes: int | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
+        self.max_bytes = max_bytes
         self._session = presigned
         self._expiry = url_expiry_seconds
         self._lock = threading.Lock()
@@ -126,7 +144,7 @@ class ObjectReader:
                 return body
             with self._lock:
                 self.fallbacks += 1
-        return read_object(self.client, self.bucket, key)
+        return read_object(self.client, self.bucket, key, self.max_bytes)
 
     def _read_presigned(self, key: str) -> bytes | None:
         try:
@@ -137,16 +155,24 @@ class ObjectReader:
             )
             # The checksum mode is a signed header of the URL: it must be sent as one.
             request = AWSRequest("GET", url, headers={"x-amz-checksum-mode": "ENABLED"})
-            response = self._session.send(request.prepare())
-            if response.status_code != 200:
+            prepared = request.prepare()
+            prepared.stream_output = True  # the body is read only once its length is accepted
+            response = self._session.send(prepared)
+            length = response.headers.get("content-length")
+            if response.status_code != 200 or length is None:
+                response.raw.close()
                 return None
+            if self.max_bytes is not None and int(length) > self.max_bytes:
+                response.raw.close()  # not drained: the connection is dropped, not reused
+                raise ObjectTooLarge(key, int(length))
             body = response.content
-        except BotoCoreError:  # timeouts, refused or dropped connections
+        # Timeouts, refused or dropped connections; once streamed, the body's read errors
+        # come from urllib3 as they are.
+        except (BotoCoreError, urllib3.exceptions.HTTPError, OSError):
             return None
         # botocore's HTTP session does not enforce Content-Length (get_object's body does): a
         # connection closed early would pass for the whole object where S3 sent no checksum.
-        length = response.headers.get("content-length")
-        if length is None or int(length) != len(body):
+        if int(length) != len(body):
             return None
         return body if _checksum_matches(response.headers, body) else None
 
@@ -166,25 +192,6 @@ def _checksum_matches(headers: Any, body: bytes) -> bool:
     if crc32 is None or "-" in crc32:
         return True
     return crc32 == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
-
-
-def map_objects(
-    reader: ObjectReader,
-    keys: Sequence[str],
-    handle: Callable[[str, bytes], T],
-    max_workers: int = 8,
-) -> Iterator[T]:
-    """GET each key and apply `handle(key, body)` in a thread pool; results in `keys` order.
-
-    Both the GET (network) and a pyarrow-based `handle` release the GIL, so threads overlap the
-    two. boto3 clients and botocore's HTTP session are thread-safe.
-    """
-
-    def fetch_and_handle(key: str) -> T:
-        return handle(key, reader.read(key))
-
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3-read") as pool:
-        yield from pool.map(fetch_and_handle, keys)
 
 
 def s3_uri(bucket: str, key: str = "") -> str:

@@ -279,11 +279,11 @@ def test_materialize_all_loads_the_table_and_shows_metadata_and_checks(
     page.goto("/assets/historical_stock_data_csv")
     row_count = page.get_by_text("Row count", exact=True).locator("xpath=..")
     expect(row_count).to_contain_text(f"{rows:,}", timeout=UI_TIMEOUT_MS)
-    expect(metadata_value(page, "rows_read")).to_have_text(re.compile(r"^\s*\d+\s*$"))
-    rows_read = int(metadata_value(page, "rows_read").inner_text())
-    rows_rejected = int(metadata_value(page, "rows_rejected").inner_text())
+    expect(metadata_value(page, "stock_assets/rows_read")).to_have_text(re.compile(r"^\s*\d+\s*$"))
+    rows_read = int(metadata_value(page, "stock_assets/rows_read").inner_text())
+    rows_rejected = int(metadata_value(page, "stock_assets/rows_rejected").inner_text())
     assert rows_read == rows + rows_rejected
-    metadata_value(page, "rows_read").scroll_into_view_if_needed()
+    metadata_value(page, "stock_assets/rows_read").scroll_into_view_if_needed()
     screenshots.save(page, "02-asset-csv-metadata")
 
     # The table asset's page names the run that loaded it.
@@ -291,9 +291,9 @@ def test_materialize_all_loads_the_table_and_shows_metadata_and_checks(
     expect(page.get_by_text("Row count", exact=True).locator("xpath=..")).to_contain_text(
         f"{rows:,}", timeout=UI_TIMEOUT_MS
     )
-    expect(metadata_value(page, "source_run_id")).to_have_text(run_id)
+    expect(metadata_value(page, "stock_assets/source_run_id")).to_have_text(run_id)
     expect(metadata_value(page, "rows_expected_from_csv")).to_have_text(str(rows))
-    metadata_value(page, "source_run_id").scroll_into_view_if_needed()
+    metadata_value(page, "stock_assets/source_run_id").scroll_into_view_if_needed()
     screenshots.save(page, "02-asset-table-metadata")
 
     # Every check's result, as recorded for this run, is what the Checks tab shows; the blocking
@@ -361,8 +361,9 @@ def test_sensors_run_and_a_success_marker_starts_a_recorded_run(
     screenshots.save(page, "03-runs-list-marker-run", docs_name="runs-list.png")
 
     open_run(page, run_id, "Success")
-    # The job also observes raw_stock_files: four steps.
-    wait_for_gantt(page, steps=3)  # the job: observation, top_companies, CSV + table
+    # The sensor observed raw_stock_files before launching: the job itself is two steps,
+    # top_companies and the one that makes the CSV and the table.
+    wait_for_gantt(page, steps=2)
     screenshots.save(page, "03-marker-run")
 
 

@@ -1,0 +1,199 @@
+"""A finished run's report, read from the Dagster instance, and its one publication through SNS.
+
+`build_report` reads the run's record, its assets' materialisation metadata (through the typed sets
+of `stock_assets.metadata`), its asset checks and its step failures into the Dagster-free
+`RunReport`. `publish_run_outcome` is the only way a run's email goes out: the run-status sensors
+and `python -m stock_assets.entry --notify` both call it. Public Dagster APIs only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from dagster import AssetKey, DagsterEvent, DagsterEventType, DagsterInstance, DagsterRun
+
+from stock_assets.metadata import CSV, TABLE, PipelineCounts, TableMetadata
+from stock_assets.notifications import (
+    NOTIFICATION_ID_TAG,
+    NOTIFICATION_TAG,
+    NotificationError,
+    ReportedCheck,
+    RunNumbers,
+    RunReport,
+    StepError,
+    build_body,
+    describe_trigger,
+    run_url,
+    ui_base_url,
+)
+from stock_assets.resources import SNSResource
+from stock_assets.settings import TABLE_NAME, Naming
+
+
+def _materialization_metadata(
+    instance: DagsterInstance, run_id: str
+) -> dict[AssetKey, Mapping[str, Any]]:
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    found = {}
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None:
+            found[materialization.asset_key] = materialization.metadata
+    return found
+
+
+def run_numbers(instance: DagsterInstance, run_id: str, table: str = TABLE_NAME) -> RunNumbers:
+    """The counts the assets recorded; None for those of a step that never ran."""
+    metadata = _materialization_metadata(instance, run_id)
+    counts = PipelineCounts.extract(metadata.get(CSV, {}))
+    written = TableMetadata.extract(metadata.get(CSV, {}))
+    loaded = TableMetadata.extract(metadata.get(TABLE, {}))
+    return RunNumbers(
+        files_selected=counts.files_selected,
+        files_read=counts.files_read,
+        files_skipped=counts.files_skipped,
+        rows_read=counts.rows_read,
+        rows_written=written.row_count,
+        rows_rejected=counts.rows_rejected,
+        rows_loaded=loaded.row_count,
+        output_location=counts.location,
+        rejects=counts.rejects or {},
+        # The table the run loaded (the resource may name another than the default).
+        table=loaded.table_name or table,
+    )
+
+
+def check_outcomes(instance: DagsterInstance, run_id: str) -> list[ReportedCheck]:
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    outcomes = []
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        evaluation = event.event_specific_data if event else None
+        if evaluation is None:
+            continue
+        outcomes.append(
+            ReportedCheck(
+                asset=evaluation.asset_key.to_user_string(),
+                name=evaluation.check_name,
+                passed=evaluation.passed,
+                severity=getattr(evaluation.severity, "value", str(evaluation.severity)),
+                description=evaluation.description,
+            )
+        )
+    return outcomes
+
+
+def step_failures(instance: DagsterInstance, run_id: str) -> list[DagsterEvent]:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records
+    return [r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event]
+
+
+def _causes(error: Any) -> list[Any]:
+    chain = []
+    while error is not None and len(chain) < 5:
+        chain.append(error)
+        error = error.cause or error.context
+    return chain
+
+
+def _error_text(error: Any) -> tuple[str, str]:
+    """(class name, message) — the stored message repeats "module.Class: " in front; drop it."""
+    name = error.cls_name or "Error"
+    text = error.message.strip()
+    prefix = re.match(rf"^[\w.]*\b{re.escape(name)}: ?", text)
+    return name, text[prefix.end() :] if prefix else text
+
+
+def step_error(event: DagsterEvent) -> StepError:
+    """The real error of a step failure, not Dagster's generic wrapper around it."""
+    data = event.event_specific_data
+    chain = _causes(getattr(data, "error", None))
+    # User-code errors arrive wrapped ("Error occurred while executing op …"): skip the wrapper.
+    if len(chain) > 1 and chain[0].cls_name == "DagsterExecutionStepExecutionError":
+        chain = chain[1:]
+    user_failure = getattr(data, "user_failure_data", None)
+    if user_failure is not None and user_failure.description:
+        head_type, head_message = "Failure", user_failure.description
+    elif chain:
+        head_type, head_message = _error_text(chain[0])
+    else:
+        head_type, head_message = "Error", event.message or "no error recorded"
+    causes = tuple(": ".join(_error_text(c)) for c in chain[1:])
+    return StepError(event.step_key or "unknown step", head_type, head_message.strip(), causes)
+
+
+def _time(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, tz=UTC) if timestamp else None
+
+
+def build_report(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    succeeded: bool,
+    run_failure_message: str | None = None,
+) -> RunReport:
+    record = instance.get_run_record_by_id(run.run_id)
+    failures = [] if succeeded else step_failures(instance, run.run_id)
+    return RunReport(
+        run_id=run.run_id,
+        job_name=run.job_name,
+        succeeded=succeeded,
+        trigger=describe_trigger(run.tags),
+        run_url=run_url(ui_base_url(), run.run_id),
+        started=_time(record.start_time if record else None),
+        ended=_time(record.end_time if record else None),
+        numbers=run_numbers(instance, run.run_id),
+        checks=check_outcomes(instance, run.run_id),
+        step_errors=[step_error(e) for e in failures],
+        run_failure_message=run_failure_message,
+    )
+
+
+def outcome_subject(naming: Naming, succeeded: bool) -> str:
+    return naming.subject("Success" if succeeded else "Failure")
+
+
+def publish_run_outcome(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    sns: SNSResource,
+    naming: Naming,
+    *,
+    succeeded: bool,
+    run_failure_message: str | None = None,
+    log: logging.Logger | None = None,
+) -> str | None:
+    """Email the run's outcome once; the SNS message id, or None if it had been sent already.
+
+    A failed publication is made visible where people look (the run's tags and event log, `log`)
+    and re-raised, so a sensor's tick fails in the UI and `entry` exits 3.
+    """
+    run = instance.get_run_by_id(run.run_id) or run
+    if run.tags.get(NOTIFICATION_TAG) == "sent":
+        # A replayed tick (daemon killed after publishing): never email twice.
+        if log:
+            log.info(f"notification for run {run.run_id} already sent; skipping")
+        return None
+    subject = outcome_subject(naming, succeeded)
+    body = build_body(build_report(instance, run, succeeded, run_failure_message))
+    try:
+        message_id = sns.publish(subject, body)
+    except NotificationError as err:
+        message = f"SNS notification for run {run.run_id} was NOT sent: {err}"
+        if log:
+            log.error(message)
+        instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
+        instance.report_engine_event(message, dagster_run=run)
+        raise
+    instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id})
+    if log:
+        log.info(f"sent {subject!r} for run {run.run_id} (SNS message {message_id})")
+    return message_id

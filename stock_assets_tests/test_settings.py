@@ -1,0 +1,30 @@
+"""The naming settings are declared once (settings.NAMING_ENV) and every other spelling of them
+agrees: Naming's fields, PipelineSettings' config fields, and the environment."""
+
+from dataclasses import fields
+
+from stock_assets.resources import PipelineSettings
+from stock_assets.settings import NAMING_ENV, Naming
+
+
+def test_naming_fields_pipeline_settings_and_environment_agree():
+    assert {f.name.removesuffix("_override") for f in fields(Naming)} == set(NAMING_ENV)
+    assert set(NAMING_ENV) <= set(PipelineSettings.model_fields)
+    assert all(var == f"STOCK_ASSETS_{name.upper()}" for name, var in NAMING_ENV.items())
+
+
+def test_naming_round_trips_through_settings_and_environment(monkeypatch):
+    given = Naming("Ada", "Lovelace", "FTDE2301", "src", "mon", "topic")
+    assert Naming.from_settings(given.settings()) == given
+    assert PipelineSettings(**given.settings()).naming == given
+    for name, value in given.settings().items():
+        monkeypatch.setenv(NAMING_ENV[name], f" {value} ")
+    assert Naming.from_env() == given
+    assert PipelineSettings.from_env().naming == given
+
+
+def test_unset_or_empty_settings_take_the_defaults(monkeypatch):
+    for var in NAMING_ENV.values():
+        monkeypatch.setenv(var, "  ")
+    assert Naming.from_env() == Naming() == Naming.from_settings({})
+    assert PipelineSettings.from_env().naming == Naming()
