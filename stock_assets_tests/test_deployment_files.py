@@ -292,3 +292,24 @@ def test_docker_compose_config(profiles: str, tmp_path: Path) -> None:
     assert set(resolved["services"]) == expected
     url = resolved["services"]["webserver"]["environment"]["DAGSTER_POSTGRES_URL"]
     assert url == "postgresql+psycopg2://postgres:0123abcd@postgres:5432/dagster"
+
+
+@pytest.mark.parametrize(("ci", "code"), [("true", 1), ("", 0)])
+def test_container_stage_without_podman_says_so_and_fails_only_in_ci(
+    ci: str, code: int, tmp_path: Path
+) -> None:
+    """.ci/containers.sh on a machine without podman: loud, failing in CI, a skip elsewhere."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "date"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    result = subprocess.run(
+        [shutil.which("bash"), str(REPO_ROOT / ".ci" / "containers.sh")],
+        env={"PATH": str(bin_dir), "CI": ci, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "CONTAINER STAGE NOT RUN: podman is not installed" in result.stdout
+    assert ("CI=true: this is a failure" in result.stdout) == (ci == "true")
