@@ -172,10 +172,23 @@ def test_images_install_the_tests_dependency_declarations() -> None:
         for requirement in extras[extra]:
             match = re.fullmatch(r"stock_assets\[([a-z,]+)\]", requirement)
             todo += [e for e in (match.group(1).split(",") if match else []) if e not in reachable]
-    assert {"deploy", "emulator"} <= reachable
+    assert "emulator" in reachable
+    # The app image installs the package plainly: the UI comes with it (see the next test).
+    assert re.search(r"(?m)^RUN pip install \.$", dockerfile)
     airflow_dockerfile = (DOCKER_DIR / "Dockerfile.airflow").read_text()
     assert "pip install -r /opt/airflow/requirements.txt" in airflow_dockerfile
     assert "COPY airflow/requirements.txt /opt/airflow/requirements.txt" in airflow_dockerfile
+
+
+def test_the_webserver_is_a_core_dependency() -> None:
+    """A plain `pip install .` serves the UI (`dagster dev`, `dagster-webserver`): no extra."""
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    names = {
+        re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower()
+        for requirement in pyproject["project"]["dependencies"]
+    }
+    assert {"dagster", "dagster-webserver"} <= names
+    assert importlib.util.find_spec("dagster_webserver") is not None
 
 
 def test_dagster_yaml_is_a_valid_postgres_instance(monkeypatch, tmp_path: Path) -> None:
@@ -279,3 +292,24 @@ def test_docker_compose_config(profiles: str, tmp_path: Path) -> None:
     assert set(resolved["services"]) == expected
     url = resolved["services"]["webserver"]["environment"]["DAGSTER_POSTGRES_URL"]
     assert url == "postgresql+psycopg2://postgres:0123abcd@postgres:5432/dagster"
+
+
+@pytest.mark.parametrize(("ci", "code"), [("true", 1), ("", 0)])
+def test_container_stage_without_podman_says_so_and_fails_only_in_ci(
+    ci: str, code: int, tmp_path: Path
+) -> None:
+    """.ci/containers.sh on a machine without podman: loud, failing in CI, a skip elsewhere."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "date"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    result = subprocess.run(
+        [shutil.which("bash"), str(REPO_ROOT / ".ci" / "containers.sh")],
+        env={"PATH": str(bin_dir), "CI": ci, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "CONTAINER STAGE NOT RUN: podman is not installed" in result.stdout
+    assert ("CI=true: this is a failure" in result.stdout) == (ci == "true")
