@@ -5,7 +5,7 @@ be (re)materialised alone from the UI."""
 
 from dagster import (
     AssetExecutionContext,
-    AssetSpec,
+    AutomationCondition,
     DataVersion,
     Failure,
     MaterializeResult,
@@ -18,22 +18,31 @@ from dagster import (
 from stock_assets.checks import (
     CSV_CHECKS,
     TABLE_CHECKS,
-    TABLE_FRESHNESS,
     TOP_COMPANIES_CHECKS,
     check_result,
 )
 from stock_assets.metadata import (
     CSV,
+    CSV_SPEC,
     GROUP,
+    PARQUET,
     RAW_STOCK_FILES,
     TABLE,
+    TABLE_SPEC,
     TOP_COMPANIES,
+    VIEW,
+    VIEW_SPEC,
     csv_metadata,
     filter_metadata,
+    parquet_metadata,
     stocks_observation,
     table_metadata,
+    view_metadata,
 )
+from stock_assets.notifications import describe_trigger
+from stock_assets.pipeline.ledger import create_view
 from stock_assets.pipeline.output import content_fingerprint
+from stock_assets.pipeline.parquet import write_parquet_copy
 from stock_assets.pipeline.run import (
     CsvObjectError,
     CsvOutcome,
@@ -93,25 +102,7 @@ def top_companies(s3: StockS3Resource, settings: PipelineSettings):
 
 @multi_asset(
     name="historical_stock_data",
-    specs=[
-        AssetSpec(
-            CSV,
-            deps=[RAW_STOCK_FILES, TOP_COMPANIES],
-            group_name=GROUP,
-            kinds={"s3", "csv"},
-            description="`Output/historical_stock_data.csv`: the listed companies' rows in "
-            "filter order, with daily_percent_change and value_change; no header.",
-        ),
-        AssetSpec(
-            TABLE,
-            deps=[CSV],
-            group_name=GROUP,
-            kinds={"postgres"},
-            freshness_policy=TABLE_FRESHNESS,
-            description="PostgreSQL table `historical_stocks_data` (9 × VARCHAR(56)), made equal "
-            "to the output CSV by `insert_query.sql` in one transaction.",
-        ),
-    ],
+    specs=[CSV_SPEC, TABLE_SPEC, VIEW_SPEC],
     check_specs=[*CSV_CHECKS, *TABLE_CHECKS],
     can_subset=True,
 )
@@ -124,23 +115,28 @@ def historical_stock_data(
     """The output CSV and the table, one step when both are materialised: the table is loaded
     while the CSV is made and commits only after the CSV passed its checks and was uploaded.
     The CSV alone: made and uploaded. The table alone: loaded from the CSV object in S3."""
-    config = settings.run_config(context.run_id, postgres.table, s3.verify)
-    client = s3.get_client()
-    if CSV not in context.selected_asset_keys:
+    trigger = describe_trigger(context.run.tags)
+    config = settings.run_config(context.run_id, postgres.table, s3.verify, trigger)
+    client, selected, table = s3.get_client(), context.selected_asset_keys, None
+    if CSV in selected:
+        try:
+            result = run_pipeline(config, client, postgres.connect if TABLE in selected else None)
+        except FilterError as err:
+            raise Failure(str(err)) from err
+        yield from _csv_events(context, result.csv, config.bucket)
+        table = result.table
+    elif TABLE in selected:
         try:
             table = load_table_from_object(config, client, postgres.connect)
         except CsvObjectError as err:
             raise Failure(str(err)) from err
+    if table is not None:
         yield from _table_events(context, table, postgres, config.bucket)
-        return
-    connect = postgres.connect if TABLE in context.selected_asset_keys else None
-    try:
-        result = run_pipeline(config, client, connect)
-    except FilterError as err:
-        raise Failure(str(err)) from err
-    yield from _csv_events(context, result.csv, config.bucket)
-    if result.table is not None:
-        yield from _table_events(context, result.table, postgres, config.bucket)
+    elif VIEW in selected:  # without the table: (re)created over the table as it is
+        with postgres.connect() as conn:
+            create_view(conn, postgres.table)
+    if VIEW in selected:
+        yield MaterializeResult(asset_key=VIEW, metadata=view_metadata(table, postgres.table))
 
 
 def _csv_events(context: AssetExecutionContext, csv: CsvOutcome, bucket: str):
@@ -187,4 +183,26 @@ def _table_events(
         data_version=DataVersion(table.fingerprint),
         check_results=checks,
         metadata=table_metadata(table, bucket, postgres.display_url),
+    )
+
+
+@asset(
+    key=PARQUET,
+    deps=[CSV],
+    group_name=GROUP,  # in the lineage with the rest; stock_pipeline_job leaves it out
+    kinds={"s3", "parquet"},
+    # Refreshed by Dagster's automation (sensors.parquet_automation) after each new CSV.
+    automation_condition=AutomationCondition.eager(),
+    description="`Output/historical_stock_data.parquet`: the output CSV as typed, zstd Parquet "
+    "for data scientists (same rows, same order; row-group statistics and a company_name Bloom "
+    "filter let readers skip what they do not need).",
+)
+def historical_stock_data_parquet(s3: StockS3Resource, settings: PipelineSettings):
+    try:
+        copy = write_parquet_copy(s3.get_client(), settings.naming.source_bucket)
+    except CsvObjectError as err:
+        raise Failure(str(err)) from err
+    return MaterializeResult(
+        data_version=DataVersion(copy.csv_fingerprint or copy.csv_version),
+        metadata=parquet_metadata(copy),
     )

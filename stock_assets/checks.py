@@ -8,7 +8,6 @@ block; they report counts and examples of the real data's defects.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from dagster import (
@@ -16,7 +15,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetKey,
-    FreshnessPolicy,
     MetadataValue,
 )
 
@@ -61,12 +59,6 @@ TABLE_CHECKS = [
     _spec(TABLE, "table_no_duplicate_keys",
           "No (company_name, stock_date) twice in the table.", True),
 ]  # fmt: skip
-
-# The pipeline runs at most daily: the table is stale (WARN) after ~26 h, i.e. one missed day,
-# and failing after two. Dagster's daemon evaluates this; no sensor is needed.
-TABLE_FRESHNESS = FreshnessPolicy.time_window(
-    warn_window=timedelta(hours=26), fail_window=timedelta(hours=50)
-)
 
 
 def _value(key: str, value: Any, verdict: Verdict) -> Any:

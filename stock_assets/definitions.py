@@ -2,7 +2,12 @@
 
 from dagster import Definitions, EnvVar, in_process_executor
 
-from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
+from stock_assets.assets import (
+    historical_stock_data,
+    historical_stock_data_parquet,
+    raw_stock_files,
+    top_companies,
+)
 from stock_assets.jobs import stock_pipeline_job
 from stock_assets.resources import (
     DATABASE_URL_ENV,
@@ -12,6 +17,7 @@ from stock_assets.resources import (
     StockS3Resource,
 )
 from stock_assets.sensors import (
+    parquet_automation,
     sns_on_pipeline_canceled,
     sns_on_pipeline_failure,
     sns_on_pipeline_success,
@@ -19,13 +25,14 @@ from stock_assets.sensors import (
 )
 
 defs = Definitions(
-    assets=[raw_stock_files, top_companies, historical_stock_data],
+    assets=[raw_stock_files, top_companies, historical_stock_data, historical_stock_data_parquet],
     jobs=[stock_pipeline_job],
     sensors=[
         success_marker_sensor,
         sns_on_pipeline_success,
         sns_on_pipeline_failure,
         sns_on_pipeline_canceled,
+        parquet_automation,
     ],
     resources={
         # Endpoint, region and credentials come from boto3's own environment variables.

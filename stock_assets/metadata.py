@@ -17,13 +17,24 @@ live here.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from typing import Any, ClassVar, Self
 
-from dagster import AssetKey, AssetMaterialization, MetadataValue, TableColumn, TableSchema
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    AssetSpec,
+    FreshnessPolicy,
+    MetadataValue,
+    TableColumn,
+    TableSchema,
+)
 from pydantic import BaseModel, ConfigDict
 
 from stock_assets.pipeline.columns import OUTPUT_COLUMNS
 from stock_assets.pipeline.companies import CompanyFilter
+from stock_assets.pipeline.ledger import VIEW_COLUMNS, VIEW_NAME, view_name
+from stock_assets.pipeline.parquet import PARQUET_SCHEMA, ParquetCopy
 from stock_assets.pipeline.quality import markdown_bar_chart
 from stock_assets.pipeline.run import CsvOutcome, TableOutcome
 from stock_assets.pipeline.s3 import S3Object, listing_fingerprint, s3_uri
@@ -33,10 +44,19 @@ RAW_STOCK_FILES = AssetKey("raw_stock_files")
 TOP_COMPANIES = AssetKey("top_companies")
 CSV = AssetKey("historical_stock_data_csv")
 TABLE = AssetKey("historical_stocks_data")
+VIEW = AssetKey(VIEW_NAME)
 GROUP = "stock_market"
+# Downstream of the course's pipeline, outside its group (so outside stock_pipeline_job): kept
+# fresh by Dagster's declarative automation, and its runs send no course email.
+PARQUET = AssetKey("historical_stock_data_parquet")
+NOT_NOTIFIED = frozenset({PARQUET})
 
-# The course's table: nine VARCHAR(56) columns, in the CSV's order.
+# The course's table: nine VARCHAR(56) columns, in the CSV's order; the analysts' typed view.
 TABLE_SCHEMA = TableSchema(columns=[TableColumn(name, "varchar(56)") for name in OUTPUT_COLUMNS])
+VIEW_SCHEMA = TableSchema(columns=[TableColumn(name, t) for name, t in VIEW_COLUMNS.items()])
+PARQUET_TABLE_SCHEMA = TableSchema(
+    columns=[TableColumn(f.name, str(f.type)) for f in PARQUET_SCHEMA]
+)
 
 
 class _NamespacedSet(BaseModel):
@@ -89,6 +109,41 @@ class PipelineCounts(_NamespacedSet):
     location: str | None = None
     rejects: dict[str, str] | None = None
     source_run_id: str | None = None
+    load_id: int | None = None  # the load's row in pipeline_loads
+
+
+# The three assets one step makes (`assets.historical_stock_data`).
+CSV_SPEC = AssetSpec(
+    CSV,
+    deps=[RAW_STOCK_FILES, TOP_COMPANIES],
+    group_name=GROUP,
+    kinds={"s3", "csv"},
+    description="`Output/historical_stock_data.csv`: the listed companies' rows in filter order, "
+    "with daily_percent_change and value_change; no header.",
+)
+TABLE_SPEC = AssetSpec(
+    TABLE,
+    deps=[CSV],
+    group_name=GROUP,
+    kinds={"postgres"},
+    # The pipeline runs at most daily: stale (WARN) after ~26 h, i.e. one missed day, failing
+    # after two. Dagster's daemon evaluates this; no sensor is needed.
+    freshness_policy=FreshnessPolicy.time_window(
+        warn_window=timedelta(hours=26), fail_window=timedelta(hours=50)
+    ),
+    description="PostgreSQL table `historical_stocks_data` (9 × VARCHAR(56)), made equal to the "
+    "output CSV by `insert_query.sql` in one transaction.",
+)
+VIEW_SPEC = AssetSpec(
+    VIEW,
+    deps=[TABLE],
+    group_name=GROUP,
+    kinds={"postgres"},
+    metadata={**TableMetadata(column_schema=VIEW_SCHEMA)},
+    description="PostgreSQL view `historical_stocks`: the table's rows typed for analysts (DATE, "
+    "DOUBLE PRECISION, BIGINT, TEXT; NULL percentage where Open = 0), replaced in the load's "
+    "own transaction so it never disagrees with the table.",
+)
 
 
 # --- what each asset records -------------------------------------------------------------------
@@ -166,7 +221,7 @@ def table_metadata(table: TableOutcome, bucket: str, database: str) -> dict[str,
         **TableMetadata(
             row_count=loaded.rows_loaded, column_schema=TABLE_SCHEMA, table_name=loaded.table
         ),
-        **PipelineCounts(source_run_id=table.source_run_id),
+        **PipelineCounts(source_run_id=table.source_run_id, load_id=loaded.load_id),
         "rows_before": loaded.rows_before,
         "rows_expected_from_csv": table.expected_rows,
         "source_csv": MetadataValue.url(s3_uri(bucket, OUTPUT_KEY)),
@@ -180,6 +235,26 @@ def table_metadata(table: TableOutcome, bucket: str, database: str) -> dict[str,
 
 def _rows(table: Any) -> list[list[Any]]:
     return [list(row.values()) for row in table.to_pylist()]
+
+
+def view_metadata(table: TableOutcome | None, table_name: str) -> dict[str, Any]:
+    """The typed view: its schema and, after a load, the rows it shows (the table's)."""
+    rows = table.loaded.rows_loaded if table is not None and table.loaded is not None else None
+    return {
+        **TableMetadata(row_count=rows, column_schema=VIEW_SCHEMA, table_name=view_name(table_name))
+    }
+
+
+def parquet_metadata(copy: ParquetCopy) -> dict[str, Any]:
+    """The Parquet copy: rows, size, schema and the CSV object version it was made from."""
+    return {
+        **TableMetadata(row_count=copy.rows, column_schema=PARQUET_TABLE_SCHEMA),
+        **PipelineCounts(location=copy.uri),
+        "bytes": MetadataValue.int(copy.bytes),
+        "row_groups": copy.row_groups,
+        "source_csv_version": copy.csv_version,
+        "source_csv_fingerprint": copy.csv_fingerprint or "unknown",
+    }
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -50,13 +50,15 @@ ERROR_MAX_CHARS = 2_000
 
 # Sensor settings live here too (not in sensors.py) so the CLI can read them without Dagster.
 INTERVAL_ENV = "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS"
-DEFAULT_INTERVAL_SECONDS = 15
+# The daemon's sensor loop runs about every 5 s: a shorter interval would not react sooner, and
+# a longer one adds its length to marker → run and run end → email.
+DEFAULT_INTERVAL_SECONDS = 5
 UI_URL_ENV = "STOCK_ASSETS_UI_URL"
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
 
 
 def sensor_interval_seconds(environ: Mapping[str, str] | None = None) -> int:
-    """The sensors' minimum interval, from STOCK_ASSETS_SENSOR_INTERVAL_SECONDS (default 15)."""
+    """The sensors' minimum interval, from STOCK_ASSETS_SENSOR_INTERVAL_SECONDS (default 5)."""
     raw = (os.environ if environ is None else environ).get(INTERVAL_ENV, "").strip()
     if not raw:
         return DEFAULT_INTERVAL_SECONDS

@@ -122,12 +122,14 @@ class PipelineSettings(ConfigurableResource):
     def from_env(cls) -> PipelineSettings:
         return cls(**Naming.from_env().settings())
 
-    def run_config(self, run_id: str, table: str, verify: bool | str | None = None) -> RunConfig:
+    def run_config(
+        self, run_id: str, table: str, verify: bool | str | None, triggered_by: str
+    ) -> RunConfig:
         """What the pipeline needs from these settings for one run."""
         wanted = [f.name for f in fields(RunConfig) if f.name in type(self).model_fields]
         limits = {name: getattr(self, name) for name in wanted}
         bucket = self.naming.source_bucket
-        return RunConfig(bucket=bucket, run_id=run_id, table=table, verify=verify, **limits)
+        return RunConfig(bucket, run_id, table, verify=verify, triggered_by=triggered_by, **limits)
 
 
 class SNSResource(ConfigurableResource):

@@ -16,7 +16,7 @@ from typing import Any
 
 from dagster import AssetKey, DagsterEvent, DagsterEventType, DagsterInstance, DagsterRun
 
-from stock_assets.metadata import CSV, TABLE, PipelineCounts, TableMetadata
+from stock_assets.metadata import CSV, NOT_NOTIFIED, TABLE, PipelineCounts, TableMetadata
 from stock_assets.notifications import (
     NOTIFICATION_ID_TAG,
     NOTIFICATION_TAG,
@@ -161,6 +161,13 @@ def outcome_subject(naming: Naming, succeeded: bool) -> str:
     return naming.subject("Success" if succeeded else "Failure")
 
 
+def is_pipeline_run(run: DagsterRun) -> bool:
+    """False for a run that makes only assets outside the course's pipeline (the Parquet copy,
+    refreshed by automation): it gets no course email. A job run without a subset is the job."""
+    selected = run.asset_selection
+    return not selected or not selected <= NOT_NOTIFIED
+
+
 def publish_run_outcome(
     instance: DagsterInstance,
     run: DagsterRun,
@@ -171,12 +178,17 @@ def publish_run_outcome(
     run_failure_message: str | None = None,
     log: logging.Logger | None = None,
 ) -> str | None:
-    """Email the run's outcome once; the SNS message id, or None if it had been sent already.
+    """Email the run's outcome once; the SNS message id, or None if it had been sent already
+    or the run is not the pipeline's (`is_pipeline_run`).
 
     A failed publication is made visible where people look (the run's tags and event log, `log`)
     and re-raised, so a sensor's tick fails in the UI and `entry` exits 3.
     """
     run = instance.get_run_by_id(run.run_id) or run
+    if not is_pipeline_run(run):
+        if log:
+            log.info(f"run {run.run_id} made only {sorted(NOT_NOTIFIED)}: no course email")
+        return None
     if run.tags.get(NOTIFICATION_TAG) == "sent":
         # A replayed tick (daemon killed after publishing): never email twice.
         if log:

@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import (
     AssetObservation,
+    AutomationConditionSensorDefinition,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -35,7 +36,7 @@ from stock_assets.markers import (
     next_seen,
     parse_cursor,
 )
-from stock_assets.metadata import RAW_STOCK_FILES, stocks_observation
+from stock_assets.metadata import PARQUET, RAW_STOCK_FILES, stocks_observation
 from stock_assets.notifications import sensor_interval_seconds, shorten_key
 from stock_assets.pipeline.s3 import list_objects, listing_fingerprint
 from stock_assets.resources import PipelineSettings, SNSResource
@@ -179,3 +180,15 @@ def sns_on_pipeline_canceled(
     context: RunStatusSensorContext, sns: SNSResource, settings: PipelineSettings
 ) -> None:
     _notify(context, sns, settings, False, "the run was canceled before it finished")
+
+
+# Dagster's implicit default_automation_condition_sensor starts STOPPED: this one is on by
+# default, so a fresh deployment keeps the Parquet copy fresh without a click in the UI.
+parquet_automation = AutomationConditionSensorDefinition(
+    "parquet_automation",
+    target=[PARQUET],
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=sensor_interval_seconds(),
+    description="Evaluates historical_stock_data_parquet's automation condition (eager): a run "
+    "refreshes it after each new historical_stock_data_csv. Its runs send no email.",
+)

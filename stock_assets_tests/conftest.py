@@ -13,6 +13,7 @@ from psycopg2 import sql
 
 from stock_assets.local.seed import seed_source_bucket
 from stock_assets.local.stack import LocalStack
+from stock_assets.pipeline.ledger import LEDGER_TABLE
 from stock_assets.settings import TABLE_NAME, Naming
 
 TESTS_DATA = Path(__file__).parent / "data"
@@ -78,7 +79,11 @@ def clean_stack(local_stack: LocalStack, db) -> LocalStack:
     """Empty S3/SNS and no target table: each test starts from nothing."""
     local_stack.moto.reset()
     with db.cursor() as cur:
-        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(TABLE_NAME)))
+        cur.execute(
+            sql.SQL("DROP TABLE IF EXISTS {}, {} CASCADE").format(
+                sql.Identifier(TABLE_NAME), sql.Identifier(LEDGER_TABLE)
+            )
+        )
     return local_stack
 
 

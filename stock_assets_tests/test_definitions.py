@@ -42,7 +42,9 @@ def test_asset_keys_and_lineage_are_the_specs():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {
-        "raw_stock_files", "top_companies", "historical_stock_data_csv", "historical_stocks_data"
+        "raw_stock_files", "top_companies", "historical_stock_data_csv", "historical_stocks_data",
+        "historical_stocks",  # the analysts' typed view
+        "historical_stock_data_parquet",  # the data scientists' copy (issue 17)
     }  # fmt: skip
     parents = {
         k.to_user_string(): {p.to_user_string() for p in graph.get(k).parent_keys}
@@ -50,6 +52,8 @@ def test_asset_keys_and_lineage_are_the_specs():
     }
     assert parents["historical_stock_data_csv"] == {"raw_stock_files", "top_companies"}
     assert parents["historical_stocks_data"] == {"historical_stock_data_csv"}
+    assert parents["historical_stocks"] == {"historical_stocks_data"}
+    assert parents["historical_stock_data_parquet"] == {"historical_stock_data_csv"}
 
 
 def test_job_and_sensors_have_the_specs_names():

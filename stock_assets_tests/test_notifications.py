@@ -361,4 +361,6 @@ def test_the_report_names_the_table_the_run_loaded(seeded_stack, local_stack, db
         assert numbers.rows_loaded > 0
     finally:
         with db.cursor() as cur:
-            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(elsewhere)))
+            cur.execute(
+                sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(elsewhere))
+            )

@@ -132,7 +132,7 @@ def test_hostile_table_names_are_quoted_not_injected(clean_stack, db):
     with db.cursor() as cur:
         cur.execute(sql.SQL("SELECT company_name FROM {}").format(sql.Identifier(name)))
         assert cur.fetchall() == [("x",)]
-        cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        cur.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize(

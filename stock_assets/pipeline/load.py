@@ -19,6 +19,7 @@ from typing import IO, Any
 import psycopg2
 from psycopg2 import sql
 
+from stock_assets.pipeline.ledger import LoadRecord, ensure_ledger, record_load
 from stock_assets.pipeline.quality import (
     ChecksummingReader,
     checksum_algorithm,
@@ -47,6 +48,7 @@ class LoadResult:
     rows_loaded: int
     seconds: float
     checks: list[Verdict] = field(default_factory=list)
+    load_id: int | None = None  # its row in the ledger (pipeline_loads)
 
 
 def read_sql(name: str) -> str:
@@ -66,9 +68,11 @@ def _statements(name: str, table: str) -> list[sql.Composed]:
 
 
 def ensure_table(conn: Any, table: str = TABLE_NAME) -> None:
+    """The course's table and the load ledger, if missing."""
     with conn.cursor() as cur:
         for statement in _statements("create_table.sql", table):
             cur.execute(statement)
+        ensure_ledger(cur)
 
 
 def count_rows(cursor: Any, table: str) -> int:
@@ -167,6 +171,7 @@ class TableLoad:
         self._cursor: Any = None
         self._committed = False
         self._started = 0.0
+        self.load_id: int | None = None
 
     def __enter__(self) -> TableLoad:
         self._started = time.perf_counter()
@@ -201,12 +206,16 @@ class TableLoad:
         if not all(o.passed for o in self.outcomes):
             raise LoadCheckFailed(self.outcomes)
 
-    def commit(self) -> LoadResult:
+    def commit(self, record: LoadRecord | None = None) -> LoadResult:
+        """COMMIT, with the typed view and the ledger row (`record`) in the same transaction."""
         self._raise_if_a_check_failed()  # also for a caller that caught LoadCheckFailed
+        self.load_id = record_load(self._cursor, self.table, self.rows_loaded, record)
         self.conn.commit()
         self._committed = True
         seconds = time.perf_counter() - self._started
-        return LoadResult(self.table, self.rows_before, self.rows_loaded, seconds, self.outcomes)
+        return LoadResult(
+            self.table, self.rows_before, self.rows_loaded, seconds, self.outcomes, self.load_id
+        )
 
     def __exit__(self, *exc_info: object) -> None:
         self._cursor.close()
@@ -225,13 +234,14 @@ def load_csv(
     checks: list[InTransactionCheck] | None = None,
     table: str = TABLE_NAME,
     lock_timeout: str = "60s",
+    record: LoadRecord | None = None,
 ) -> LoadResult:
     """Replace the table's rows with the CSV's (runs `insert_query.sql`), atomically: TRUNCATE +
     COPY + `checks` in one transaction; any exception rolls it back and re-raises."""
     with TableLoad(conn, table, lock_timeout) as load:
         load.copy(csv_stream)
         load.check(checks or [])
-        return load.commit()
+        return load.commit(record)
 
 
 class BackgroundCopy:
@@ -362,7 +372,9 @@ class PipelinedLoad:
             return None
         return self._reader.checksums["crc32"]
 
-    def commit(self, csv_duplicates: int | None, deep: bool = False) -> LoadResult:
+    def commit(
+        self, csv_duplicates: int | None, deep: bool = False, record: LoadRecord | None = None
+    ) -> LoadResult:
         """Raise the table side's failure if there was one; else finish the checks and COMMIT."""
         if self.error is not None:
             raise self.error
@@ -370,7 +382,7 @@ class PipelinedLoad:
             raise RuntimeError("PipelinedLoad.commit before finish")
         self._checking.result()  # raises LoadCheckFailed
         self._load.check([check_no_duplicate_keys(csv_duplicates, deep=deep)])
-        return self._load.commit()
+        return self._load.commit(record)
 
     def _fail(self, err: BaseException) -> None:
         self.error = err

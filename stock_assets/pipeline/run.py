@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
@@ -27,6 +28,7 @@ import pyarrow as pa
 
 from stock_assets.pipeline.combine import CombinedOutput
 from stock_assets.pipeline.companies import CompanyFilter, FilterFileError, parse_company_filter
+from stock_assets.pipeline.ledger import LoadRecord
 from stock_assets.pipeline.load import (
     LoadCheckFailed,
     LoadResult,
@@ -84,6 +86,7 @@ class RunConfig:
     max_reject_fraction: float = 0.01
     deep_table_checks: bool = False
     verify: bool | str | None = None  # TLS verification of the presigned reads (None: boto3's)
+    triggered_by: str = "unknown"  # what started the run, for the load ledger
 
 
 class FilterError(Exception):
@@ -144,7 +147,7 @@ def read_filter(client: Any, bucket: str, max_files: int) -> CompanyFilter:
 
 def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None) -> PipelineResult:
     """The CSV, and the table too when `connect` is given (see the module's docstring)."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), datetime.now(UTC)
     _use_jemalloc()
     company_filter = read_filter(client, config.bucket, config.max_files)
     names = company_filter.files
@@ -190,13 +193,20 @@ def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None)
         mark = time.perf_counter()
         if load is not None:
             load.finish(csv.rows)  # the table's content check now runs beside the upload
-        _publish_csv(client, config, csv, _csv_crc32(csv, load), duplicates)
+        crc32 = _csv_crc32(csv, load)
+        version = _publish_csv(client, config, csv, crc32, duplicates)
         outcome.published = True
         seconds["write_seconds"] = time.perf_counter() - mark
         table = None
         if load is not None:
             table = TableOutcome([], csv.rows, config.run_id, csv.fingerprint)
-            _commit(table, lambda: load.commit(duplicates, deep=config.deep_table_checks))
+            record = LoadRecord(
+                config.run_id, config.triggered_by, started_at,
+                files_read=sum(1 for f in combined.files if not f.skip_reason),
+                files_skipped=len(skipped), rows_rejected=combined.rows_rejected,
+                content_checksum=f"crc32-sum:{crc32}", csv_version=version,
+            )  # fmt: skip
+            _commit(table, lambda: load.commit(duplicates, config.deep_table_checks, record))
             _preview(table, load.connection, config.table)
         seconds["duration_seconds"] = time.perf_counter() - started
         return PipelineResult(company_filter, outcome, table)
@@ -264,8 +274,10 @@ def _csv_crc32(csv: CsvOutput, load: PipelinedLoad | None) -> int:
 
 def _publish_csv(
     client: Any, config: RunConfig, csv: CsvOutput, crc32: int, duplicates: int
-) -> None:
-    client.put_object(
+) -> str:
+    """Upload the CSV with what the table-alone load needs to know; returns its version (the
+    bucket's VersionId when versioning is on, else the ETag)."""
+    response = client.put_object(
         Bucket=config.bucket,
         Key=OUTPUT_KEY,
         Body=csv.body(),
@@ -278,6 +290,11 @@ def _publish_csv(
             RUN_META: config.run_id,
         },
     )
+    return _version(response)
+
+
+def _version(response: dict[str, Any]) -> str:
+    return response.get("VersionId") or response["ETag"].strip('"')
 
 
 def _commit(table: TableOutcome, commit: Callable[[], LoadResult]) -> None:
@@ -312,6 +329,7 @@ class CsvObjectError(Exception):
 
 def load_table_from_object(config: RunConfig, client: Any, connect: Connect) -> TableOutcome:
     """The table alone: load the CSV object as it is in S3 (written by an earlier run)."""
+    started_at = datetime.now(UTC)
     uri = s3_uri(config.bucket, OUTPUT_KEY)
     try:
         head = client.head_object(Bucket=config.bucket, Key=OUTPUT_KEY)
@@ -341,6 +359,10 @@ def load_table_from_object(config: RunConfig, client: Any, connect: Connect) -> 
                 _optional_int(meta.get(DUPLICATES_META)), deep=config.deep_table_checks
             ),
         ]
-        _commit(table, lambda: load_csv(conn, reader, checks=checks, table=config.table))
+        record = LoadRecord(
+            config.run_id, config.triggered_by, started_at, csv_version=_version(head),
+            content_checksum=f"crc32-sum:{meta[CRC32_META]}" if CRC32_META in meta else None,
+        )  # fmt: skip
+        _commit(table, lambda: load_csv(conn, reader, checks, config.table, record=record))
         _preview(table, conn, config.table)
     return table

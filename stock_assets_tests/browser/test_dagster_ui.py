@@ -31,11 +31,20 @@ except ImportError:
 
 pytestmark = pytest.mark.browser
 
-ASSETS = ["raw_stock_files", "top_companies", "historical_stock_data_csv", "historical_stocks_data"]
+ASSETS = [
+    "raw_stock_files",
+    "top_companies",
+    "historical_stock_data_csv",
+    "historical_stocks_data",
+    "historical_stocks",
+    "historical_stock_data_parquet",
+]
 LINEAGE = {
     ("raw_stock_files", "historical_stock_data_csv"),
     ("top_companies", "historical_stock_data_csv"),
     ("historical_stock_data_csv", "historical_stocks_data"),
+    ("historical_stocks_data", "historical_stocks"),
+    ("historical_stock_data_csv", "historical_stock_data_parquet"),
 }
 SENSORS = ["success_marker_sensor", "sns_on_pipeline_success", "sns_on_pipeline_failure"]
 MARKER_KEYS_TAG = "stock_assets/marker_keys"
@@ -75,6 +84,16 @@ GRAPH_JS = """
 """
 
 
+def full_name(label: str) -> str:
+    """The asset a node's label names. Zoomed out to fit a wide graph, the UI draws "minimal"
+    nodes whose long names are shortened in the middle ("historic…_data_csv")."""
+    if "…" not in label:
+        return label
+    head, tail = label.split("…", 1)
+    [name] = [a for a in ASSETS if a.startswith(head) and a.endswith(tail)]
+    return name
+
+
 def _nearest_node(nodes: list[dict[str, Any]], point: list[float], right_side: bool) -> str:
     """The node whose right (or left) side is closest to a point."""
 
@@ -84,7 +103,7 @@ def _nearest_node(nodes: list[dict[str, Any]], point: list[float], right_side: b
         dy = 0.0 if top <= point[1] <= bottom else min(abs(point[1] - top), abs(point[1] - bottom))
         return ((point[0] - x) ** 2 + dy**2) ** 0.5
 
-    return min(nodes, key=distance)["name"]
+    return full_name(min(nodes, key=distance)["name"])
 
 
 def drawn_edges(graph: dict[str, Any]) -> set[tuple[str, str]]:
@@ -98,10 +117,10 @@ def drawn_edges(graph: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def wait_for_graph(page: Any) -> dict[str, Any]:
-    """The graph once all four nodes and three edges are drawn (they render progressively)."""
+    """The graph once every node and edge is drawn (they render progressively)."""
     page.wait_for_function(
         f"() => {{ const g = ({GRAPH_JS})(); "
-        "return g && g.nodes.length >= 4 && g.edges.length >= 3; }",
+        f"return g && g.nodes.length >= {len(ASSETS)} && g.edges.length >= {len(LINEAGE)}; }}",
         timeout=UI_TIMEOUT_MS,
     )
     graph = page.evaluate(GRAPH_JS)
@@ -197,12 +216,12 @@ def open_run(page: Any, run_id: str, status: str) -> None:
 # --- the journeys --------------------------------------------------------------------------------
 
 
-def test_asset_graph_shows_the_four_assets_and_their_lineage(
+def test_asset_graph_shows_the_assets_and_their_lineage(
     page: Any, ui_stack: LocalStack, screenshots: Screenshots
 ) -> None:
     page.goto("/asset-groups")
     graph = wait_for_graph(page)
-    assert sorted(n["name"] for n in graph["nodes"]) == sorted(ASSETS)
+    assert sorted(full_name(n["name"]) for n in graph["nodes"]) == sorted(ASSETS)
     assert drawn_edges(graph) == LINEAGE
     screenshots.save(page, "01-asset-graph")
 
@@ -211,7 +230,7 @@ def test_asset_graph_shows_the_four_assets_and_their_lineage(
     page.goto("/assets/historical_stock_data_csv")
     for heading, expected in (
         ("Upstream assets", ["raw_stock_files", "top_companies"]),
-        ("Downstream assets", ["historical_stocks_data"]),
+        ("Downstream assets", ["historical_stock_data_parquet", "historical_stocks_data"]),
     ):
         links = page.get_by_text(heading, exact=True).locator("xpath=..").locator("a")
         expect(links).to_have_count(len(expected))
@@ -249,10 +268,10 @@ def test_materialize_all_loads_the_table_and_shows_metadata_and_checks(
     )
     # Open it afresh (as a returning user would; also drops the toast from the screenshot).
     open_run(page, run_id, "Success")
-    # "Materialize all" leaves the source's observation out: top_companies, then the one step
-    # that makes the CSV and the table.
-    expect(page.get_by_text("Succeeded (2)")).to_be_visible(timeout=UI_TIMEOUT_MS)
-    wait_for_gantt(page, steps=2)
+    # "Materialize all" leaves the source's observation out: top_companies, the one step that
+    # makes the CSV, the table and its view, then the Parquet copy.
+    expect(page.get_by_text("Succeeded (3)")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    wait_for_gantt(page, steps=3)
     screenshots.save(page, "02-run-success", docs_name="successful-run.png")
 
     # The table is really loaded: exactly the CSV's rows.
