@@ -52,7 +52,7 @@ from stock_assets.pipeline.run import (
     read_filter,
     run_pipeline,
 )
-from stock_assets.pipeline.s3 import list_objects, listing_fingerprint
+from stock_assets.pipeline.s3 import list_objects
 from stock_assets.pipeline.verdicts import Verdict, filter_file_valid
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 from stock_assets.settings import STOCKS_PREFIX
@@ -67,10 +67,10 @@ from stock_assets.settings import STOCKS_PREFIX
 )
 def raw_stock_files(s3: StockS3Resource, settings: PipelineSettings) -> ObserveResult:
     bucket = settings.naming.source_bucket
-    objects = list_objects(s3.get_client(), bucket, STOCKS_PREFIX)
+    metadata = stocks_observation(list_objects(s3.get_client(), bucket, STOCKS_PREFIX), bucket)
     return ObserveResult(
-        data_version=DataVersion(listing_fingerprint(objects)),
-        metadata=stocks_observation(objects, bucket),
+        data_version=DataVersion(metadata["listing_fingerprint"]),
+        metadata=metadata,
     )
 
 

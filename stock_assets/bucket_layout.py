@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from stock_assets.pipeline.load import read_sql
+from stock_assets.pipeline.sql_files import read_sql
 from stock_assets.settings import FILTER_KEY, SCRIPTS_PREFIX, SOURCE_FOLDERS, STOCKS_PREFIX, Naming
 
 ARCHIVE_NAME = "stocks_top1000.tar.xz"

@@ -183,7 +183,7 @@ def csv_metadata(csv: CsvOutcome, bucket: str) -> dict[str, Any]:
         **TableMetadata(row_count=csv.csv.rows, column_schema=TABLE_SCHEMA),
         **PipelineCounts(
             files_selected=csv.files_selected,
-            files_read=sum(1 for f in files if not f.skip_reason),
+            files_read=csv.combined.files_read,
             files_skipped=len(skipped),
             rows_read=csv.combined.rows_read,
             rows_rejected=csv.combined.rows_rejected,

@@ -38,7 +38,7 @@ from stock_assets.markers import (
 )
 from stock_assets.metadata import PARQUET, RAW_STOCK_FILES, stocks_observation
 from stock_assets.notifications import sensor_interval_seconds, shorten_key
-from stock_assets.pipeline.s3 import list_objects, listing_fingerprint
+from stock_assets.pipeline.s3 import list_objects
 from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.run_report import publish_run_outcome
 from stock_assets.settings import STOCKS_PREFIX
@@ -105,11 +105,12 @@ def _observe_stocks(
     except client.exceptions.NoSuchBucket:
         context.log.warning(f"source bucket s3://{bucket} does not exist; nothing to observe")
         return []
+    metadata = stocks_observation(objects, bucket)
     return [
         AssetObservation(
             asset_key=RAW_STOCK_FILES,
-            metadata=stocks_observation(objects, bucket),
-            tags={DATA_VERSION_TAG: listing_fingerprint(objects)},
+            metadata=metadata,
+            tags={DATA_VERSION_TAG: metadata["listing_fingerprint"]},
         )
     ]
 

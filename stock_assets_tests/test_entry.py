@@ -17,7 +17,7 @@ from stock_assets import entry
 from stock_assets.bucket_layout import ENTRY_KEY, INSERT_QUERY_KEY
 from stock_assets.local.sns_inbox import sent_messages
 from stock_assets.notifications import NOTIFICATION_TAG, TRIGGER_TAG
-from stock_assets.pipeline.load import read_sql
+from stock_assets.pipeline.sql_files import read_sql
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY
 from stock_assets_tests.conftest import REPO_ROOT, table_rows
 

@@ -33,6 +33,10 @@ class CombinedOutput:
         return sum(f.rows_written for f in self.files)
 
     @property
+    def files_read(self) -> int:
+        return sum(1 for f in self.files if not f.skip_reason)
+
+    @property
     def rows_read(self) -> int:
         return sum(f.rows_read for f in self.files)
 

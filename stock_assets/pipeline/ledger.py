@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 from psycopg2 import sql
 
+from stock_assets.pipeline.sql_files import statements
 from stock_assets.settings import TABLE_NAME
 
 VIEW_NAME = "historical_stocks"
@@ -47,22 +47,20 @@ def view_name(table: str) -> str:
     return VIEW_NAME if table == TABLE_NAME else f"{table}_typed"
 
 
-def _sql(name: str, **identifiers: str) -> sql.Composed:
-    text = resources.files("stock_assets.pipeline").joinpath("sql", name).read_text()
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    return sql.SQL(body.strip().rstrip(";")).format(
-        **{key: sql.Identifier(value) for key, value in identifiers.items()}
-    )
+def _replace_view(cursor: Any, table: str) -> None:
+    for statement in statements("typed_view.sql", view=view_name(table), table=table):
+        cursor.execute(statement)
 
 
 def ensure_ledger(cursor: Any) -> None:
-    cursor.execute(_sql("pipeline_loads.sql", ledger=LEDGER_TABLE))
+    for statement in statements("pipeline_loads.sql", ledger=LEDGER_TABLE):
+        cursor.execute(statement)
 
 
 def record_load(cursor: Any, table: str, rows_loaded: int, record: LoadRecord | None) -> int | None:
     """Inside the load's transaction, before COMMIT: (re)create the typed view over `table` and
     add the ledger row; returns the row's id (None: no record given, e.g. a load outside a run)."""
-    cursor.execute(_sql("typed_view.sql", view=view_name(table), table=table))
+    _replace_view(cursor, table)
     if record is None:
         return None
     cursor.execute(
@@ -84,5 +82,5 @@ def record_load(cursor: Any, table: str, rows_loaded: int, record: LoadRecord | 
 def create_view(conn: Any, table: str) -> None:
     """The typed view alone, over the table as it is (its own transaction)."""
     with conn.cursor() as cursor:
-        cursor.execute(_sql("typed_view.sql", view=view_name(table), table=table))
+        _replace_view(cursor, table)
     conn.commit()

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import IO, Any
 
 import psycopg2
@@ -25,6 +24,7 @@ from stock_assets.pipeline.quality import (
     checksum_algorithm,
     table_checksum_sql,
 )
+from stock_assets.pipeline.sql_files import statements
 from stock_assets.pipeline.verdicts import Verdict
 from stock_assets.settings import TABLE_NAME
 
@@ -51,26 +51,10 @@ class LoadResult:
     load_id: int | None = None  # its row in the ledger (pipeline_loads)
 
 
-def read_sql(name: str) -> str:
-    return resources.files("stock_assets.pipeline").joinpath("sql", name).read_text()
-
-
-def _statements(name: str, table: str) -> list[sql.Composed]:
-    """The statements of a packaged .sql file, with `{table}` quoted as an identifier."""
-    text = "\n".join(
-        line for line in read_sql(name).splitlines() if not line.lstrip().startswith("--")
-    )
-    return [
-        sql.SQL(part.strip()).format(table=sql.Identifier(table))
-        for part in text.split(";")
-        if part.strip()
-    ]
-
-
 def ensure_table(conn: Any, table: str = TABLE_NAME) -> None:
     """The course's table and the load ledger, if missing."""
     with conn.cursor() as cur:
-        for statement in _statements("create_table.sql", table):
+        for statement in statements("create_table.sql", table=table):
             cur.execute(statement)
         ensure_ledger(cur)
 
@@ -177,7 +161,7 @@ class TableLoad:
         self._started = time.perf_counter()
         ensure_table(self.conn, self.table)
         self.conn.commit()
-        truncate, self._copy_sql = _statements("insert_query.sql", self.table)
+        truncate, self._copy_sql = statements("insert_query.sql", table=self.table)
         self._cursor = self.conn.cursor()
         # Fail clearly instead of waiting forever behind another session's lock.
         self.set_local("lock_timeout", self.lock_timeout)

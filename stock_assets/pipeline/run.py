@@ -95,7 +95,7 @@ class FilterError(Exception):
 
 @dataclass
 class CsvOutcome:
-    """What making the CSV produced and concluded. `published`: the object was replaced."""
+    """What making the CSV produced and concluded (no blocking verdict: the object was replaced)."""
 
     verdicts: list[Verdict]
     files_selected: int
@@ -106,7 +106,6 @@ class CsvOutcome:
     rejects: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reads_retried: int = 0
-    published: bool = False
 
     @property
     def blocking(self) -> list[Verdict]:
@@ -195,14 +194,13 @@ def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None)
             load.finish(csv.rows)  # the table's content check now runs beside the upload
         crc32 = _csv_crc32(csv, load)
         version = _publish_csv(client, config, csv, crc32, duplicates)
-        outcome.published = True
         seconds["write_seconds"] = time.perf_counter() - mark
         table = None
         if load is not None:
             table = TableOutcome([], csv.rows, config.run_id, csv.fingerprint)
             record = LoadRecord(
                 config.run_id, config.triggered_by, started_at,
-                files_read=sum(1 for f in combined.files if not f.skip_reason),
+                files_read=combined.files_read,
                 files_skipped=len(skipped), rows_rejected=combined.rows_rejected,
                 content_checksum=f"crc32-sum:{crc32}", csv_version=version,
             )  # fmt: skip
@@ -304,7 +302,7 @@ def _commit(table: TableOutcome, commit: Callable[[], LoadResult]) -> None:
         table.verdicts = table.loaded.checks
     except LoadCheckFailed as err:
         table.verdicts, table.error = err.outcomes, err
-    except Exception as err:  # noqa: BLE001  the CSV is published: the run reports, then fails
+    except Exception as err:  # noqa: BLE001  kept: the caller reports what was done, then fails
         table.error = err
 
 

@@ -83,7 +83,7 @@ def csv_verdicts(
     """Every check on the CSV, from the output and the findings gathered while it was written;
     also the number of duplicate keys (the table's duplicate check is proved from it)."""
     rows, rejected = combined.rows_written, combined.rows_rejected
-    read_ok = sum(1 for f in combined.files if not f.skip_reason)
+    read_ok = combined.files_read
     duplicates = profile.duplicates()
     formats = profile.format_problems
     reject_share = rejected / combined.rows_read if combined.rows_read else 0.0
