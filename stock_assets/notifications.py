@@ -50,15 +50,18 @@ ERROR_MAX_CHARS = 2_000
 
 # Sensor settings live here too (not in sensors.py) so the CLI can read them without Dagster.
 INTERVAL_ENV = "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS"
-# The daemon's sensor loop runs about every 5 s: a shorter interval would not react sooner, and
-# a longer one adds its length to marker → run and run end → email.
-DEFAULT_INTERVAL_SECONDS = 5
+# The daemon evaluates sensors in a loop that starts every 5 s (Dagster 1.13's
+# MIN_INTERVAL_LOOP_TIME) and skips a sensor whose last tick is less than its minimum interval
+# ago. An interval of exactly 5 s loses to that loop's jitter: a tick a few milliseconds early is
+# skipped and the sensor waits 10 s (marker → run start was 11 s). Under 5 s, every loop
+# evaluates the sensors; a longer interval adds its length to marker → run and run end → email.
+DEFAULT_INTERVAL_SECONDS = 3
 UI_URL_ENV = "STOCK_ASSETS_UI_URL"
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
 
 
 def sensor_interval_seconds(environ: Mapping[str, str] | None = None) -> int:
-    """The sensors' minimum interval, from STOCK_ASSETS_SENSOR_INTERVAL_SECONDS (default 5)."""
+    """The sensors' minimum interval, from STOCK_ASSETS_SENSOR_INTERVAL_SECONDS (default 3)."""
     raw = (os.environ if environ is None else environ).get(INTERVAL_ENV, "").strip()
     if not raw:
         return DEFAULT_INTERVAL_SECONDS

@@ -34,6 +34,7 @@ from stock_assets.local.stack import LocalStack, free_port
 from stock_assets.markers import Marker, marker_chunks
 from stock_assets.metadata import PARQUET
 from stock_assets.notifications import (
+    DEFAULT_INTERVAL_SECONDS,
     MARKER_KEYS_TAG,
     MAX_TAG_VALUE_BYTES,
     NOTIFICATION_TAG,
@@ -49,7 +50,7 @@ from stock_assets_tests.deployment import DagsterDeployment, wait_until
 from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
 from stock_assets_tests.test_sensors import HOSTILE_KEYS
 
-INTERVAL_SECONDS = 5  # the daemon's own loop runs every 5 s, so shorter would not help
+INTERVAL_SECONDS = DEFAULT_INTERVAL_SECONDS  # what a deployment gets unless told otherwise
 SENSORS = ("success_marker_sensor", "sns_on_pipeline_success", "sns_on_pipeline_failure")
 NAMING = Naming()
 SUCCESS_SUBJECT = "Dora_Explorer_Pipeline_Success"
@@ -134,6 +135,12 @@ def trigger_and_wait(deployment: DagsterDeployment, key: str) -> tuple[str, str,
     [run] = wait_until(lambda: marker_runs(deployment, key), f"a run for {key}")
     status = deployment.wait_for_run(run.run_id, timeout=300)
     record = instance(deployment).get_run_record_by_id(run.run_id)
+    # Where the wait goes: the sensor's tick (marker → run created), then the queue and the run's
+    # own process start (created → RUN_START).
+    print(
+        f"\n{key}: marker → run created {record.create_timestamp.timestamp() - dropped:.1f}s, "
+        f"created → run start {(record.start_time or 0.0) - record.create_timestamp.timestamp():.1f}s"
+    )
     return run.run_id, status, (record.start_time or 0.0) - dropped
 
 

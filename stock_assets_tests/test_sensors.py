@@ -214,7 +214,7 @@ def test_every_keys_tag_fits_the_tag_budget_and_lists_each_marker_once():
 
 
 def test_interval_comes_from_the_environment():
-    assert sensor_interval_seconds({}) == 5
+    assert sensor_interval_seconds({}) == 3
     assert sensor_interval_seconds({"STOCK_ASSETS_SENSOR_INTERVAL_SECONDS": "5"}) == 5
     with pytest.raises(ValueError, match="whole number"):
         sensor_interval_seconds({"STOCK_ASSETS_SENSOR_INTERVAL_SECONDS": "soon"})
