@@ -79,8 +79,8 @@ def markdown(report: dict[str, Any]) -> str:
     rows = verification["rows_written"]
     repeat = report["profile"]["repeat"]
     lines = [
-        f"# Benchmark ({report['mode']}): stock_pipeline_job vs the limit proxy, the DuckDB "
-        "engine and the course",
+        f"# Benchmark ({report['mode']}): stock_pipeline_job vs the limit proxy, the peers "
+        "(DuckDB, dlt, Sling) and the course",
         "",
         f"{report['summary']}",
         "",
@@ -218,6 +218,7 @@ def markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {_s(v, 2)}" for k, v in course["phases"].items())
             + f". Its CSV equals ours byte for byte: {course['csv_equals_ours']}.",
         ]
+    lines += _peers_section(report)
     lines += _duckdb_section(report)
     scaling = report["scaling"]
     lines += [
@@ -263,6 +264,91 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     lines += ["", f"_{scaling['note']}._", ""]
     return "\n".join(lines)
+
+
+def _yes(value: bool | None) -> str:
+    return {True: "**yes**", False: "**no**", None: "not assessed (a peer was skipped)"}[value]
+
+
+def _peers_section(report: dict[str, Any]) -> list[str]:
+    """Ours as a user runs it against the peers, each a whole process; then their setups."""
+    from benchmarks.peers import PEER_NOTES
+
+    peers, ratios, met = report["peers"], report["ratios"], report["targets_met"]
+    ours = peers["ours_cli"]["summary"]
+    lines = [
+        "",
+        "## Ours against the peers, end to end (whole process)",
+        "",
+        "Each loads the files the filter names from the same bucket into its own table in the "
+        "same PostgreSQL, and is measured as a whole process, from spawn to exit: ours as a "
+        "user runs it (`dagster job execute`: interpreter start, imports, loading the code "
+        "location, the run and its records in DAGSTER_HOME), the others likewise including "
+        "their own start-up. CPU seconds: the process tree plus moto and PostgreSQL over the "
+        "same interval. Peak RSS: of the process tree. Medians over the same rounds as above, "
+        "in alternating order. Each table is checked against ours with SQL: rows, distinct "
+        "companies, Σ value_change (as exact `numeric` of each value's shortest text).",
+        "",
+        "| approach | seconds | × ours | CPU s (process + moto + postgres) | peak RSS | rows | "
+        "companies | Σ value_change | same rows as ours |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in peers:  # ours first, then the peers, in the runner's order
+        label = PEER_NOTES[name]["label"]
+        peer = peers[name]
+        if "summary" not in peer:
+            lines.append(f"| {label} | – | – | – | – | – | – | – | skipped: {peer['skipped']} |")
+            continue
+        summary, table = peer["summary"], peer["table"]
+        ratio = "1.00" if name == "ours_cli" else _s(ratios[f"{name}_over_ours_whole_process"])
+        same = (
+            "(reference)"
+            if name == "ours_cli"
+            else ("passed" if peer["verification_passed"] else "**FAILED**")
+        )
+        lines.append(
+            f"| {label} | {_s(summary['wall_seconds'])} | {ratio} | "
+            f"{_cpu({'cpu_seconds': summary['cpu_seconds']})} | "
+            f"{_gb(summary['peak_rss_bytes'])} | {table['rows']:,} | {table['companies']:,} | "
+            f"{table['value_change_sum']} | {same} |"
+        )
+    lines += [
+        "",
+        f"- ours faster than every peer (medians, whole process): "
+        f"{_yes(met.get('ours_faster_than_every_peer'))}",
+    ]
+    duckdb = peers["duckdb"].get("summary")
+    if duckdb:
+        lines.append(
+            f"- peak RSS: ours {_gb(ours['peak_rss_bytes'])}, DuckDB "
+            f"{_gb(duckdb['peak_rss_bytes'])}: "
+            f"{ours['peak_rss_bytes'] / duckdb['peak_rss_bytes']:.2f}× DuckDB's (target ≤ 2×): "
+            f"{_yes(met.get('peak_rss_within_2x_duckdb'))}"
+        )
+    dlt = peers.get("dlt", {})
+    if "runs" in dlt:
+        phases = dlt["runs"][0].get("phases", {})
+        lines.append(
+            "- dlt's own step timings (first run): "
+            + ", ".join(f"{k} {_s(v, 2)}" for k, v in phases.items())
+        )
+    lines += ["", "### What each peer runs, and what it does not do that ours does", ""]
+    lines.append(
+        "Ours, in every run: validates every row (rejects kept with file, line and reason under "
+        "`Output/rejected/<run id>/`), publishes the spec's CSV to "
+        "`Output/historical_stock_data.csv`, runs 13 checks (blocking ones stop the load), "
+        "replaces the table atomically (TRUNCATE + COPY FREEZE + checks + the ledger row + the "
+        "typed view in one transaction, committed after the upload), and records the run, "
+        "its asset metadata and lineage in Dagster."
+    )
+    for name in peers:
+        notes = PEER_NOTES[name]
+        lines += ["", f"**{notes['label']}**", ""]
+        lines += [f"- {text}" for text in notes["configuration"]]
+        if notes["skips"]:
+            lines += ["", "Compared with ours:", ""]
+            lines += [f"- {text}" for text in notes["skips"]]
+    return lines
 
 
 def _duckdb_section(report: dict[str, Any]) -> list[str]:

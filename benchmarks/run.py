@@ -1,12 +1,17 @@
-"""`python -m benchmarks.run [--quick]`: ours vs the machine's limit vs the course approach.
+"""`python -m benchmarks.run [--quick]`: ours vs the machine's limit, the peers and the course.
 
 One invocation: start the local stack (moto + embedded PostgreSQL) in a temporary folder, build
 the source bucket (real files + the synthetic rest of a full-size `Stocks/`), then measure, each
 in a fresh process and on the same stack:
 
-1. the limit proxy, stock_pipeline_job and the DuckDB engine, in turn: `--warmup` untimed runs
-   of each, then `--repeat` measured runs of each (medians reported), PostgreSQL settled before
-   every run; the DuckDB engine's CSV is then compared with ours line by line;
+1. the limit proxy, stock_pipeline_job (in a worker: the step breakdown), ours as a user runs it
+   (`dagster job execute`), the DuckDB engine, dlt and Sling (`peers.py`), in turn: `--warmup`
+   untimed runs of each, then `--repeat` measured runs of each (medians reported), PostgreSQL
+   settled before every run. Every run is also measured as a whole process (spawn to exit, CPU
+   and peak RSS of its process tree): the peer comparison uses those figures, and checks each
+   peer's table against ours (rows, companies, Σ value_change). A peer that is not installed is
+   skipped and the report says so; a full run (or `--build-peers`) builds dlt's venv if missing.
+   The DuckDB engine's CSV is then compared with ours line by line;
 2. the course approach once (its row-by-row INSERTs stopped at `--course-budget` seconds and
    extrapolated, which the report says);
 3. a scaling series of stock_pipeline_job: more files, then larger files.
@@ -28,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -36,18 +42,24 @@ from typing import Any
 
 import psutil
 
-from benchmarks import dataset
+from benchmarks import dataset, peers
 from benchmarks.approaches import DUCKDB_OUTPUT_KEY
 from benchmarks.compare import compare
 from benchmarks.report import files_and_bytes_fit, linear_fit, write_reports
-from benchmarks.worker import MARKER
+from benchmarks.worker import MARKER, hwm_bytes
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = dataset.REPO_ROOT
 # The architecture issue's targets (medians of one invocation; peak RSS of the run process).
 TARGETS = {"ours_over_limit_max": 1.3, "course_over_ours_min": 20.0, "peak_rss_max_bytes": 600e6}
 # Measured in turn, alternating the order from one round to the next.
-TIMED_APPROACHES = ["limit", "ours", "duckdb"]
+TIMED_APPROACHES = ["limit", "ours", "ours_cli", "duckdb", "dlt", "sling"]
+# The peer comparison (issue 17): each loads S3 into a table, measured as a whole process from
+# spawn to exit; ours as a user runs it (`dagster job execute`), whose table they are checked
+# against. `ours` (execute_in_process in a worker) stays for the step breakdown.
+WHOLE_PROCESS = ["ours_cli", "duckdb", "dlt", "sling"]
+# Issue 17: ours faster than every peer (whole process, medians), peak RSS ≤ 2× DuckDB's.
+PEER_RSS_OVER_DUCKDB_MAX = 2.0
 # Scaling runs read files up to 4× the largest real one: lift the per-file limit for them only.
 SCALING_RUN_CONFIG = {"resources": {"settings": {"config": {"max_file_bytes": 8_000_000}}}}
 
@@ -157,6 +169,34 @@ def _cpu_seconds(process: psutil.Process, reaped_children: bool = False) -> floa
     return seconds
 
 
+class _TreePeak(threading.Thread):
+    """The peak memory of a process tree: every 0.1 s, Σ VmHWM over the process and its
+    descendants, the largest sum kept. Each term is that process's exact peak so far, so for
+    one process this is its peak (short of growth in its last 0.1 s), and for a tree (Sling's
+    driver + binary) an upper bound of the simultaneous total, close when, as here, one
+    process holds nearly all of it. Costs about 3 ms of CPU per sample (psutil reads /proc)."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                pids = [self.root.pid, *(p.pid for p in self.root.children(recursive=True))]
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, sum(hwm_bytes(pid) for pid in pids))
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        return self.peak
+
+
 class Runner:
     """Spawns the workers; also accounts the CPU each run costs the client, moto and PostgreSQL.
 
@@ -208,44 +248,68 @@ class Runner:
         finally:
             conn.close()
 
-    def spawn(self, spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    def spawn(
+        self, spec: dict[str, Any], timeout: float = 1800, command: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Run one approach in a fresh process: a `benchmarks.worker` (which prints its result
+        line), or `command` (a peer, or `dagster job execute`: its result line is optional).
+
+        Every run also gets `whole_process`: spawn to exit, the CPU of the whole process tree
+        (wait4's rusage: the process and the children it reaped) plus moto's and PostgreSQL's
+        over the same interval, and the tree's peak RSS (`_TreePeak`; a worker's own exact
+        peak where it reports one).
+        """
         self.count += 1
         self._settle_server()
         servers_before = self._server_cpu()
-        # The worker's CPU: this process's reaped children's time, before and after it ran.
-        children_before = psutil.Process().cpu_times()
-        spec = {**spec, "spawned_at": time.time()}
         log_path = self.log_dir / f"{self.count:02d}-{spec['approach']}.log"
+        spec = {**spec, "spawned_at": time.time()}
+        argv = command or [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
         with log_path.open("w") as log:
-            proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                timeout=timeout,
-                check=False,
+            proc = subprocess.Popen(
+                argv, cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True
             )
+            tree = _TreePeak(proc.pid)
+            tree.start()
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                assert proc.stdout is not None
+                stdout = proc.stdout.read()
+                # wait4, not wait(): it returns this child's own rusage (the CPU of the tree
+                # it reaped), which nothing else running here can disturb.
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                timer.cancel()
+                peak_sampled = tree.stop()
+            proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.time() - spec["spawned_at"]
-        lines = [line for line in proc.stdout.splitlines() if line.startswith(MARKER)]
-        if proc.returncode != 0 or not lines:
+        lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
+        if proc.returncode != 0 or (command is None and not lines):
             tail = log_path.read_text()[-3000:]
-            raise RuntimeError(f"{spec['approach']} worker failed ({proc.returncode}):\n{tail}")
-        result = json.loads(lines[-1][len(MARKER) :])
+            raise RuntimeError(f"{spec['approach']} failed ({proc.returncode}):\n{tail}")
+        result = json.loads(lines[-1][len(MARKER) :]) if lines else {"success": True}
         result["process_wall_seconds"] = round(wall, 4)
         time.sleep(0.3)  # let the postmaster reap the run's backends
-        children = psutil.Process().cpu_times()
         servers = self._server_cpu()
-        process_cpu = (children.children_user + children.children_system) - (
-            children_before.children_user + children_before.children_system
-        )
-        cpu = {
-            "run_process": round(process_cpu - result["process_start_cpu_seconds"], 3),
-            **{k: round(servers[k] - servers_before[k], 3) for k in servers},
+        process_cpu = usage.ru_utime + usage.ru_stime
+        server_cpu = {k: round(servers[k] - servers_before[k], 3) for k in servers}
+        whole_cpu = {"run_process": round(process_cpu, 3), **server_cpu}
+        whole_cpu["total"] = round(sum(whole_cpu.values()), 3)
+        result["whole_process"] = {
+            "wall_seconds": round(wall, 4),
+            "cpu_seconds": whole_cpu,
+            # Sampled, and exact where a worker read its own at the end. Not wait4's
+            # ru_maxrss: it counts the runner's memory the child shared until its exec.
+            "peak_rss_bytes": max(peak_sampled, result.get("peak_rss_bytes", 0)),
         }
-        cpu["total"] = round(sum(cpu.values()), 3)
-        result["cpu_seconds"] = cpu
+        if "process_start_cpu_seconds" in result:  # a worker: its run alone, as before
+            cpu = {
+                "run_process": round(process_cpu - result["process_start_cpu_seconds"], 3),
+                **server_cpu,
+            }
+            cpu["total"] = round(sum(cpu.values()), 3)
+            result["cpu_seconds"] = cpu
         return result
 
 
@@ -375,10 +439,93 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _command(approach: str, spec: dict[str, Any], workdir: Path) -> list[str] | None:
+    """The process a whole-process approach runs (None: a `benchmarks.worker`)."""
+    from stock_assets.jobs import STOCK_PIPELINE_JOB
+
+    if approach == "ours_cli":
+        # As a user runs it: the venv's `dagster` script, a fresh interpreter that loads the
+        # code location and runs the job in-process (the job's executor), recorded in
+        # DAGSTER_HOME like any run.
+        dagster = Path(sys.executable).with_name("dagster")
+        module = "stock_assets.definitions"
+        return [str(dagster), "job", "execute", "-m", module, "-j", STOCK_PIPELINE_JOB]
+    if approach == "dlt":
+        spec = {**spec, "pipelines_dir": str(workdir / "dlt_pipelines")}
+        return [str(peers.peers_python()), "-m", "benchmarks.peers", "dlt", json.dumps(spec)]
+    if approach == "sling":
+        spec = {**spec, "sling_home": str(workdir / "sling_home")}
+        return [sys.executable, "-m", "benchmarks.peers", "sling", json.dumps(spec)]
+    return None
+
+
+def _seconds(result: dict[str, Any]) -> float:
+    """A run's own time where the worker timed it, else spawn to exit."""
+    return result.get("run_seconds") or result["whole_process"]["wall_seconds"]
+
+
+def _whole_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the whole-process figures (peak RSS: the largest, as for the other rows)."""
+    whole = [r["whole_process"] for r in runs]
+    return {
+        "wall_seconds": _median([w["wall_seconds"] for w in whole]),
+        "wall_seconds_min": round(min(w["wall_seconds"] for w in whole), 4),
+        "cpu_seconds": {
+            k: _median([w["cpu_seconds"][k] for w in whole]) for k in whole[0]["cpu_seconds"]
+        },
+        "peak_rss_bytes": max(w["peak_rss_bytes"] for w in whole),
+    }
+
+
+def _peers_report(
+    runs: dict[str, list[dict[str, Any]]], missing: dict[str, str | None]
+) -> dict[str, Any]:
+    """Ours (`dagster job execute`) and each peer, whole process, with each peer's table
+    checked against ours: rows, companies, Σ value_change."""
+    reference = runs["ours_cli"][0]["table_check"]
+    result: dict[str, Any] = {}
+    for name in WHOLE_PROCESS:
+        if missing.get(name):
+            result[name] = {"skipped": missing[name]}
+            continue
+        checks = [r["table_check"] for r in runs[name]]
+        result[name] = {
+            "summary": _whole_summary(runs[name]),
+            "table": checks[-1],
+            "verification_passed": all(check == reference for check in checks),
+            "runs": [
+                {
+                    "whole_process": r["whole_process"],
+                    "table_check": r["table_check"],
+                    **({"phases": r["phases"]} if "phases" in r else {}),
+                }
+                for r in runs[name]
+            ],
+        }
+    return result
+
+
+def _peer_targets(peers_report: dict[str, Any]) -> dict[str, bool | None]:
+    """Issue 17's targets; None where a peer it needs was skipped."""
+    ours = peers_report["ours_cli"]["summary"]
+    others = [peers_report[name] for name in WHOLE_PROCESS[1:]]
+    faster = None
+    if all("summary" in peer for peer in others):
+        faster = all(ours["wall_seconds"] < peer["summary"]["wall_seconds"] for peer in others)
+    duckdb = peers_report["duckdb"].get("summary")
+    rss = None
+    if duckdb:
+        limit = PEER_RSS_OVER_DUCKDB_MAX * duckdb["peak_rss_bytes"]
+        rss = ours["peak_rss_bytes"] <= limit
+    return {"ours_faster_than_every_peer": faster, "peak_rss_within_2x_duckdb": rss}
+
+
 # --- the benchmark --------------------------------------------------------------------------
 
 
-def run_benchmark(profile: Profile, out_dir: Path, keep: bool = False) -> dict[str, Any]:
+def run_benchmark(
+    profile: Profile, out_dir: Path, keep: bool = False, build_peers: bool = False
+) -> dict[str, Any]:
     import boto3
 
     from stock_assets.local.stack import LocalStack
@@ -425,8 +572,22 @@ def run_benchmark(profile: Profile, out_dir: Path, keep: bool = False) -> dict[s
         database_url = stack_env["STOCK_ASSETS_DATABASE_URL"]
         common = {"bucket": bucket["bucket"]}
 
-        duckdb_missing = _duckdb_missing()
-        approaches = [a for a in TIMED_APPROACHES if a != "duckdb" or not duckdb_missing]
+        if build_peers and peers.dlt_missing():
+            _log("building the dlt peer's venv (benchmarks/.peers-venv) …")
+            try:
+                peers.install_peers_venv()
+            except (OSError, subprocess.CalledProcessError) as error:
+                _log(f"could not build it ({error}): the dlt peer is skipped")
+        missing = {
+            "duckdb": _duckdb_missing(),
+            "dlt": peers.dlt_missing(),
+            "sling": peers.sling_missing(),
+        }
+        duckdb_missing = missing["duckdb"]
+        for name, reason in missing.items():
+            if reason:
+                _log(f"{name} skipped: {reason}")
+        approaches = [a for a in TIMED_APPROACHES if not missing.get(a)]
         runs: dict[str, list[dict[str, Any]]] = {approach: [] for approach in approaches}
         ours_runs, limit_runs, duckdb_runs = runs["ours"], runs["limit"], runs.get("duckdb", [])
         checks: dict[str, Any] = {
@@ -434,18 +595,23 @@ def run_benchmark(profile: Profile, out_dir: Path, keep: bool = False) -> dict[s
             "ours_table_rows_equal_csv": [],
             "duckdb_table_rows_equal_csv": [],
         }
+
+        def spawn(approach: str) -> dict[str, Any]:
+            spec = {**common, "approach": approach}
+            return runner.spawn(spec, command=_command(approach, spec, workdir))
+
         warmups = []
         for approach in approaches * profile.warmup:
-            result = runner.spawn({**common, "approach": approach})
-            warmups.append({"approach": approach, "run_seconds": result["run_seconds"]})
-            _log(f"{approach:6s} warm-up run (not counted): {result['run_seconds']:.2f}s")
+            result = spawn(approach)
+            warmups.append({"approach": approach, "run_seconds": _seconds(result)})
+            _log(f"{approach:8s} warm-up run (not counted): {_seconds(result):.2f}s")
         report["warmup_runs"] = warmups
         for i in range(profile.repeat):
             # Each approach goes first, in the middle and last in turn: none always follows
             # the same one (the server's leftovers, the host's drift).
             order = approaches[i % len(approaches) :] + approaches[: i % len(approaches)]
             for approach in order:
-                result = runner.spawn({**common, "approach": approach})
+                result = spawn(approach)
                 if approach == "ours":
                     if not result["success"]:
                         raise RuntimeError(f"stock_pipeline_job failed: {result['failure']}")
@@ -460,11 +626,22 @@ def run_benchmark(profile: Profile, out_dir: Path, keep: bool = False) -> dict[s
                     checks["duckdb_table_rows_equal_csv"].append(
                         _table_rows(database_url, result["table"]) == result["rows_written"]
                     )
+                if approach in WHOLE_PROCESS:
+                    # The table as loaded by this run, before the next run replaces it.
+                    table = TABLE_NAME if approach == "ours_cli" else result["table"]
+                    result["table_check"] = peers.verify_table(database_url, table)
                 runs[approach].append(result)
+                whole = result["whole_process"]
+                in_run = (
+                    f"; run alone {result['run_seconds']:.2f}s "
+                    f"(+{result['process_start_seconds']:.2f}s process start)"
+                    if "process_start_seconds" in result
+                    else ""
+                )
                 _log(
-                    f"{approach:6s} run {i + 1}/{profile.repeat}: {result['run_seconds']:.2f}s "
-                    f"(+{result['process_start_seconds']:.2f}s process start), "
-                    f"peak RSS {result['peak_rss_bytes'] / 1e6:.0f} MB"
+                    f"{approach:8s} run {i + 1}/{profile.repeat}: whole process "
+                    f"{whole['wall_seconds']:.2f}s, {whole['cpu_seconds']['total']:.1f} CPU-s, "
+                    f"peak RSS {whole['peak_rss_bytes'] / 1e6:.0f} MB{in_run}"
                 )
         checks["ours_csv_equals_limit_csv"] = [
             o["csv_sha256"] == limit_runs[0]["csv_sha256"] for o in ours_runs
@@ -515,6 +692,7 @@ def run_benchmark(profile: Profile, out_dir: Path, keep: bool = False) -> dict[s
         else:
             report["duckdb"] = {"skipped": duckdb_missing}
         report["course"] = course
+        report["peers"] = _peers_report(runs, missing)
         report["verification"] = {
             **checks,
             "rows_written": ours_runs[0]["rows_written"],
@@ -539,6 +717,16 @@ def run_benchmark(profile: Profile, out_dir: Path, keep: bool = False) -> dict[s
                 engine["cpu_seconds"]["total"] / ours["cpu_seconds"]["total"], 3
             )
             ratios["duckdb_over_limit"] = round(engine["run_seconds"] / limit["run_seconds"], 3)
+        ours_whole = report["peers"]["ours_cli"]["summary"]
+        for name in WHOLE_PROCESS[1:]:
+            if "summary" in report["peers"][name]:
+                peer = report["peers"][name]["summary"]
+                ratios[f"{name}_over_ours_whole_process"] = round(
+                    peer["wall_seconds"] / ours_whole["wall_seconds"], 3
+                )
+                ratios[f"{name}_over_ours_whole_process_cpu"] = round(
+                    peer["cpu_seconds"]["total"] / ours_whole["cpu_seconds"]["total"], 3
+                )
         report["ratios"] = ratios
 
         report["scaling"] = run_scaling(profile, runner, client, bucket["bucket"], names, real)
@@ -564,6 +752,7 @@ def run_benchmark(profile: Profile, out_dir: Path, keep: bool = False) -> dict[s
         "linear_scaling": report["scaling"]["files_and_bytes_fit"]["r2"] >= 0.98
         if report["scaling"]["files_and_bytes_fit"]
         else None,
+        **_peer_targets(report["peers"]),
     }
     report["summary"] = summary_line(report)
     write_reports(report, out_dir)
@@ -675,6 +864,20 @@ def summary_line(report: dict[str, Any]) -> str:
         )
     else:
         parts.append("duckdb skipped")
+    whole = []
+    for name in WHOLE_PROCESS:
+        peer = report["peers"][name]
+        label = "ours" if name == "ours_cli" else name
+        if "summary" not in peer:
+            whole.append(f"{label} skipped")
+            continue
+        verified = (
+            ""
+            if name == "ours_cli"
+            else (" (rows verified)" if peer["verification_passed"] else " (rows DIFFER)")
+        )
+        whole.append(f"{label} {peer['summary']['wall_seconds']:.2f}s{verified}")
+    parts.append("whole process: " + ", ".join(whole))
     fit = report["scaling"]["files_and_bytes_fit"] or report["scaling"]["fit"]
     if fit:
         parts.append(f"scaling r² {fit['r2']:.3f}")
@@ -695,6 +898,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, help="untimed runs of each before those")
     parser.add_argument("--course-budget", type=float, help="seconds of course INSERTs")
     parser.add_argument("--keep", action="store_true", help="keep the stack folder and logs")
+    parser.add_argument(
+        "--build-peers",
+        action="store_true",
+        help="build the dlt peer's venv (benchmarks/.peers-venv) if missing; a full run does",
+    )
     args = parser.parse_args(argv)
     # Stopped from a script (SIGTERM, or SIGINT that background jobs ignore): still run the
     # `finally` that stops moto and PostgreSQL instead of leaving them behind.
@@ -707,7 +915,8 @@ def main(argv: list[str] | None = None) -> int:
         profile.warmup = args.warmup
     if args.course_budget is not None:
         profile.course_budget_seconds = args.course_budget
-    report = run_benchmark(profile, args.out, keep=args.keep)
+    build_peers = args.build_peers or profile.mode == "full"
+    report = run_benchmark(profile, args.out, keep=args.keep, build_peers=build_peers)
     print(report["summary"], flush=True)
     return 0
 

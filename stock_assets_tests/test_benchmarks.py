@@ -55,7 +55,7 @@ def test_quick_benchmark_runs_and_writes_the_expected_report(tmp_path):
     assert "| DuckDB engine |" in markdown
     assert "## The DuckDB engine against ours" in markdown
     if "skipped" in duckdb:
-        assert "bench" in duckdb["skipped"]
+        assert "bench" in duckdb["skipped"] and "not installed" in duckdb["skipped"]
     else:
         engine = duckdb["summary"]
         assert engine["run_seconds"] > 0 and engine["peak_rss_bytes"] > 0
@@ -67,6 +67,31 @@ def test_quick_benchmark_runs_and_writes_the_expected_report(tmp_path):
         assert same["ours"] == same["other"]
         assert report["verification"]["duckdb_table_rows_equal_csv"] == [True]
         assert {"duckdb_over_ours", "duckdb_over_ours_cpu"} <= report["ratios"].keys()
+
+    # The peers (issue 17): ours as a user runs it (`dagster job execute`) and each peer as a
+    # whole process, each peer's table checked against ours; a peer whose package is not
+    # installed (CI has only the dev extra) is skipped with the reason.
+    peers = report["peers"]
+    assert list(peers) == ["ours_cli", "duckdb", "dlt", "sling"]
+    assert "## Ours against the peers, end to end (whole process)" in markdown
+    assert "whole process: ours " in report["summary"]
+    ours_cli = peers["ours_cli"]["summary"]
+    assert ours_cli["wall_seconds"] > 0 and ours_cli["peak_rss_bytes"] > 0
+    assert ours_cli["cpu_seconds"]["total"] > 0
+    assert peers["ours_cli"]["table"]["rows"] == report["verification"]["rows_written"]
+    assert peers["ours_cli"]["table"]["companies"] == 40
+    for name, label in [("duckdb", "DuckDB engine"), ("dlt", "dlt"), ("sling", "Sling")]:
+        peer = peers[name]
+        assert f"| {label} |" in markdown and f"**{label}**" in markdown
+        if "skipped" in peer:
+            assert "not installed" in peer["skipped"]
+            continue
+        assert peer["verification_passed"], (name, peer["table"], peers["ours_cli"]["table"])
+        assert peer["table"] == peers["ours_cli"]["table"]
+        whole = peer["summary"]
+        assert whole["wall_seconds"] > 0 and whole["peak_rss_bytes"] > 0
+        assert whole["cpu_seconds"]["total"] > 0
+        assert f"{name}_over_ours_whole_process" in report["ratios"]
 
     # Ours and the independent limit proxy agree byte for byte; the table equals the CSV.
     verification = report["verification"]
@@ -84,4 +109,6 @@ def test_quick_benchmark_runs_and_writes_the_expected_report(tmp_path):
         "course_over_ours",
         "peak_rss",
         "linear_scaling",
+        "ours_faster_than_every_peer",
+        "peak_rss_within_2x_duckdb",
     }
