@@ -339,7 +339,8 @@ def cli_trigger(args: Any) -> int:
     marker = drop_marker(boto3.client("s3", region_name=aws_region()), naming.monitored_bucket, key)
     print(
         f"dropped s3://{marker['bucket']}/{marker['key']} (ETag {marker['etag']}); "
-        f"success_marker_sensor starts stock_pipeline_job within ~{max(5, sensor_interval_seconds())}s "
+        "success_marker_sensor starts stock_pipeline_job within "
+        f"~{max(5, sensor_interval_seconds())}s "
         "if the Dagster daemon is running"
     )
     return 0
