@@ -1,0 +1,178 @@
+"""The sharded mode (issue 18): stock_pipeline_sharded_job under the multiprocess executor gives
+the single path's bytes and table; a failing shard leaves everything as it was."""
+
+import time
+
+import pytest
+from dagster import DagsterInstance, execute_job, instance_for_test, reconstructable
+from psycopg2 import sql
+
+from stock_assets.pipeline.ledger import LEDGER_TABLE
+from stock_assets.pipeline.shards import SCRATCH_PREFIX, shard_of
+from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, REJECTED_PREFIX, STOCKS_PREFIX
+from stock_assets.sharded import SHARDED_JOB
+from stock_assets_tests.conftest import SAMPLE_FILTER, SAMPLE_STOCKS, table_rows
+from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
+from stock_assets_tests.test_pipeline import run_job
+
+HEADER = b"Date,Open,High,Low,Close,Volume,OpenInt\n"
+
+
+def sharded_job():
+    """Module-level, so that each step's process can rebuild the job (with its resources)."""
+    from stock_assets.definitions import defs
+
+    return defs.resolve_job_def(SHARDED_JOB)
+
+
+def run_sharded(shards: int, monkeypatch, processes: bool = True):
+    config = {"resources": {"settings": {"config": {"shards": shards}}}}
+    started = time.perf_counter()
+    if processes:
+        with (
+            instance_for_test() as instance,
+            execute_job(
+                reconstructable(sharded_job),
+                instance=instance,
+                run_config=config,
+                raise_on_error=False,
+            ) as result,
+        ):
+            outcome = (result.success, result.run_id, _failures(result.all_events))
+    else:  # execute_in_process: the same steps, one process
+        result = sharded_job().execute_in_process(
+            instance=DagsterInstance.ephemeral(), run_config=config, raise_on_error=False
+        )
+        outcome = (result.success, result.run_id, _failures(result.all_events))
+    print(f"\nsharded job, {shards} shards: {time.perf_counter() - started:.1f}s")
+    return outcome
+
+
+def _failures(events) -> list[str]:
+    def chain(error) -> str:  # the error and its causes: the step's wrapper says little
+        cause = error.cause or error.context
+        return error.message + "".join(error.stack[-2:]) + (f" <- {chain(cause)}" if cause else "")
+
+    return [
+        chain(e.event_specific_data.error) for e in events if e.event_type_value == "STEP_FAILURE"
+    ]
+
+
+@pytest.fixture
+def richer_stack(seeded_stack, s3_client, naming):
+    """The sample plus what crosses files: a second file of company `two` repeating some of
+    its dates (rejected: the first file wins), a bad row, and a name with no file."""
+    bucket = naming.source_bucket
+    two = (SAMPLE_STOCKS / "two.us.csv").read_bytes().splitlines(keepends=True)
+    extra = HEADER + b"".join(two[1:21]) + b"2031-01-02,1.5,2,1,1.75,100,0\n"
+    s3_client.put_object(Bucket=bucket, Key=f"{STOCKS_PREFIX}two.uk.csv", Body=extra)
+    bad = HEADER + b"2020-01-02,1,2,0.5,1.5,10,0\n2020-01-03,x,2,1,1,10,0\n"
+    s3_client.put_object(Bucket=bucket, Key=f"{STOCKS_PREFIX}zz.us.csv", Body=bad)
+    names = SAMPLE_FILTER.read_text().strip() + ", 'two.uk.csv', 'zz.us.csv', 'nofile.us.csv'"
+    s3_client.put_object(Bucket=bucket, Key=FILTER_KEY, Body=names.encode())
+    return seeded_stack
+
+
+def snapshot(s3_client, naming, db, run_id=None) -> dict:
+    bucket = naming.source_bucket
+    csv = s3_client.get_object(Bucket=bucket, Key=OUTPUT_KEY)
+    found = {
+        "csv": csv["Body"].read(),
+        "meta": {k: v for k, v in csv["Metadata"].items() if k != "dagster-run-id"},
+        "table": sorted(table_rows(db)),
+    }
+    if run_id:
+        for name in ("rejected_rows.csv", "skipped_files.csv"):
+            key = f"{REJECTED_PREFIX}{run_id}/{name}"
+            found[name] = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    with db.cursor() as cur:
+        cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(LEDGER_TABLE)))
+        found["loads"] = cur.fetchone()[0]
+    return found
+
+
+def leftovers(s3_client, naming, db) -> list[str]:
+    bucket = naming.source_bucket
+    objects = s3_client.list_objects_v2(Bucket=bucket, Prefix=SCRATCH_PREFIX).get("Contents", [])
+    uploads = s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    with db.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE '%\\_\\_staging\\_%'")
+        tables = [name for (name,) in cur.fetchall()]
+    return [o["Key"] for o in objects] + [u["Key"] for u in uploads] + tables
+
+
+def test_four_shards_in_processes_give_the_single_paths_csv_and_table(
+    richer_stack, s3_client, naming, db, monkeypatch
+):
+    single = run_job()
+    assert single.success
+    expected = snapshot(s3_client, naming, db, single.run_id)
+    names = [n.strip(" '") for n in s3_client.get_object(
+        Bucket=naming.source_bucket, Key=FILTER_KEY)["Body"].read().decode().split(",")]  # fmt: skip
+    assert len({shard_of(n, 4) for n in names}) >= 3  # the files really are spread out
+    assert b"two.uk.csv" in expected["rejected_rows.csv"]  # a cross-file duplicate, rejected
+
+    success, run_id, failures = run_sharded(4, monkeypatch)
+    assert success, failures
+    got = snapshot(s3_client, naming, db, run_id)
+    assert got["csv"] == expected["csv"]  # byte-identical, in filter order
+    assert got["meta"] == expected["meta"]  # row count, fingerprint, checksum, duplicates
+    assert got["table"] == expected["table"]
+    assert got["rejected_rows.csv"] == expected["rejected_rows.csv"]
+    assert got["skipped_files.csv"] == expected["skipped_files.csv"]
+    assert got["loads"] == expected["loads"] + 1
+    with db.cursor() as cur:
+        cur.execute("SELECT run_id FROM pipeline_loads ORDER BY load_id DESC LIMIT 1")
+        assert cur.fetchone()[0] == run_id
+    assert leftovers(s3_client, naming, db) == []
+
+
+def test_one_shard_is_the_single_path(richer_stack, s3_client, naming, db, monkeypatch):
+    single = run_job()
+    assert single.success
+    expected = snapshot(s3_client, naming, db, single.run_id)
+    success, run_id, failures = run_sharded(1, monkeypatch, processes=False)
+    assert success, failures
+    got = snapshot(s3_client, naming, db, run_id)
+    assert {k: v for k, v in got.items() if k != "loads"} == {
+        k: v for k, v in expected.items() if k != "loads"
+    }
+    assert leftovers(s3_client, naming, db) == []
+
+
+@pytest.fixture
+def s3_proxy(local_stack, monkeypatch):
+    proxy = FaultyHttpProxy(local_stack.moto.endpoint_url).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)  # inherited by every step's process
+    yield proxy
+    proxy.stop()
+
+
+def test_a_failing_shard_fails_the_run_and_changes_nothing(
+    richer_stack, s3_client, naming, db, monkeypatch, s3_proxy
+):
+    assert run_job().success
+    before = snapshot(s3_client, naming, db)
+    # Every GET of one file fails (retries included): only its shard cannot make its part.
+    s3_proxy.faults.append(
+        HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}blj.us.csv", status=500)
+    )
+    success, _, failures = run_sharded(4, monkeypatch)
+    assert not success
+    assert any(f"shard {shard_of('blj.us.csv', 4)}:" in message for message in failures)
+    assert snapshot(s3_client, naming, db) == before
+    assert leftovers(s3_client, naming, db) == []
+
+
+def test_an_over_limit_file_in_one_shard_stops_the_run_before_anything_is_published(
+    richer_stack, s3_client, naming, db, monkeypatch
+):
+    assert run_job().success
+    before = snapshot(s3_client, naming, db)
+    big = HEADER + b"2020-01-01,1,1,1,1,1,0\n" * 50_000
+    s3_client.put_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}two.us.csv", Body=big)
+    success, _, failures = run_sharded(4, monkeypatch, processes=False)
+    assert not success
+    assert any("exceed the 1000000-byte limit: two.us.csv" in m for m in failures)
+    assert snapshot(s3_client, naming, db) == before
+    assert leftovers(s3_client, naming, db) == []
