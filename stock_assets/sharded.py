@@ -1,10 +1,7 @@
-"""`stock_pipeline_sharded_job`: the same pipeline as N shard steps and a final step (issue 18),
-each step in its own process under Dagster's multiprocess executor. Wiring only: the data flow
-is `pipeline/shards.py` and `pipeline/shard_merge.py`. N is the `settings` resource's `shards`
-(STOCK_ASSETS_SHARDS, default 4), per run: the plan step fans out one dynamic output per shard.
-Steps pass small results through Dagster's IO manager (the filter's names, each shard's counts
-and rejects); the rows go through S3 scratch objects and PostgreSQL staging tables. The final
-step records the same materialisations and check results as `stock_pipeline_job`."""
+"""`stock_pipeline_sharded_job` (issue 18): the pipeline as N shard steps (N: the `settings`
+resource's `shards`, per run) and a final step, each in its own process; wiring over
+`pipeline/shards.py` and `pipeline/shard_merge.py`. Only small results (names, each shard's
+counts and rejects) go through the IO manager; the rows go through S3 and staging tables."""
 
 from datetime import UTC, datetime
 
@@ -62,8 +59,7 @@ def sharded_plan(
     postgres: PostgresResource,
     settings: PipelineSettings,
 ):
-    """Reads the filter once (every step sees the same names), removes a crashed earlier run's
-    scratch objects and staging tables, and fans out one output per shard."""
+    """The filter, read once for every step; a crashed run's leftovers removed; N outputs."""
     client, bucket = s3.get_client(), settings.naming.source_bucket
     try:
         company_filter = read_filter(client, bucket, settings.max_files)
