@@ -2,6 +2,7 @@
 the single path's bytes and table; a failing shard leaves everything as it was."""
 
 import time
+import zlib
 
 import pytest
 from dagster import DagsterInstance, execute_job, instance_for_test, reconstructable
@@ -10,10 +11,12 @@ from psycopg2 import sql
 from stock_assets.bucket_layout import ARCHIVE_NAME, FILTER_NAME
 from stock_assets.local.seed import seed_source_bucket
 from stock_assets.pipeline.ledger import LEDGER_TABLE
+from stock_assets.pipeline.output import build_output, csv_byte_length
+from stock_assets.pipeline.quality import OutputProfile
 from stock_assets.pipeline.shards import SCRATCH_PREFIX, shard_of
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, REJECTED_PREFIX, STOCKS_PREFIX
 from stock_assets.sharded import SHARDED_JOB
-from stock_assets_tests.conftest import SAMPLE_FILTER, SAMPLE_STOCKS, table_rows
+from stock_assets_tests.conftest import SAMPLE_FILTER, SAMPLE_STOCKS, sample_files, table_rows
 from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
 from stock_assets_tests.test_full_data import DATA_DIR as FULL_DATA_DIR
 from stock_assets_tests.test_pipeline import run_job
@@ -28,7 +31,7 @@ def sharded_job():
     return defs.resolve_job_def(SHARDED_JOB)
 
 
-def run_sharded(shards: int, monkeypatch, processes: bool = True):
+def run_sharded(shards: int, processes: bool = True):
     config = {"resources": {"settings": {"config": {"shards": shards}}}}
     started = time.perf_counter()
     if processes:
@@ -42,13 +45,21 @@ def run_sharded(shards: int, monkeypatch, processes: bool = True):
             ) as result,
         ):
             outcome = (result.success, result.run_id, _failures(result.all_events))
+            parts = _shard_steps(result.all_events)
     else:  # execute_in_process: the same steps, one process
         result = sharded_job().execute_in_process(
             instance=DagsterInstance.ephemeral(), run_config=config, raise_on_error=False
         )
         outcome = (result.success, result.run_id, _failures(result.all_events))
+        parts = _shard_steps(result.all_events)
+    assert parts == shards  # N came from the run's config
     print(f"\nsharded job, {shards} shards: {time.perf_counter() - started:.1f}s")
     return outcome
+
+
+def _shard_steps(events) -> int:
+    started = {e.step_key for e in events if e.event_type_value == "STEP_START"}
+    return sum(1 for key in started if key.startswith("sharded_part["))
 
 
 def _failures(events) -> list[str]:
@@ -108,7 +119,7 @@ def leftovers(s3_client, naming, db) -> list[str]:
 
 
 def test_four_shards_in_processes_give_the_single_paths_csv_and_table(
-    richer_stack, s3_client, naming, db, monkeypatch
+    richer_stack, s3_client, naming, db
 ):
     single = run_job()
     assert single.success
@@ -118,7 +129,7 @@ def test_four_shards_in_processes_give_the_single_paths_csv_and_table(
     assert len({shard_of(n, 4) for n in names}) >= 3  # the files really are spread out
     assert b"two.uk.csv" in expected["rejected_rows.csv"]  # a cross-file duplicate, rejected
 
-    success, run_id, failures = run_sharded(4, monkeypatch)
+    success, run_id, failures = run_sharded(4)
     assert success, failures
     got = snapshot(s3_client, naming, db, run_id)
     assert got["csv"] == expected["csv"]  # byte-identical, in filter order
@@ -133,11 +144,11 @@ def test_four_shards_in_processes_give_the_single_paths_csv_and_table(
     assert leftovers(s3_client, naming, db) == []
 
 
-def test_one_shard_is_the_single_path(richer_stack, s3_client, naming, db, monkeypatch):
+def test_one_shard_is_the_single_path(richer_stack, s3_client, naming, db):
     single = run_job()
     assert single.success
     expected = snapshot(s3_client, naming, db, single.run_id)
-    success, run_id, failures = run_sharded(1, monkeypatch, processes=False)
+    success, run_id, failures = run_sharded(1, processes=False)
     assert success, failures
     got = snapshot(s3_client, naming, db, run_id)
     assert {k: v for k, v in got.items() if k != "loads"} == {
@@ -155,7 +166,7 @@ def s3_proxy(local_stack, monkeypatch):
 
 
 def test_a_failing_shard_fails_the_run_and_changes_nothing(
-    richer_stack, s3_client, naming, db, monkeypatch, s3_proxy
+    richer_stack, s3_client, naming, db, s3_proxy
 ):
     assert run_job().success
     before = snapshot(s3_client, naming, db)
@@ -163,7 +174,7 @@ def test_a_failing_shard_fails_the_run_and_changes_nothing(
     s3_proxy.faults.append(
         HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}blj.us.csv", status=500)
     )
-    success, _, failures = run_sharded(4, monkeypatch)
+    success, _, failures = run_sharded(4)
     assert not success
     assert any(f"shard {shard_of('blj.us.csv', 4)}:" in message for message in failures)
     assert snapshot(s3_client, naming, db) == before
@@ -171,13 +182,13 @@ def test_a_failing_shard_fails_the_run_and_changes_nothing(
 
 
 def test_an_over_limit_file_in_one_shard_stops_the_run_before_anything_is_published(
-    richer_stack, s3_client, naming, db, monkeypatch
+    richer_stack, s3_client, naming, db
 ):
     assert run_job().success
     before = snapshot(s3_client, naming, db)
     big = HEADER + b"2020-01-01,1,1,1,1,1,0\n" * 50_000
     s3_client.put_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}two.us.csv", Body=big)
-    success, _, failures = run_sharded(4, monkeypatch, processes=False)
+    success, _, failures = run_sharded(4, processes=False)
     assert not success
     assert any("exceed the 1000000-byte limit: two.us.csv" in m for m in failures)
     assert snapshot(s3_client, naming, db) == before
@@ -189,7 +200,7 @@ def test_an_over_limit_file_in_one_shard_stops_the_run_before_anything_is_publis
     not (FULL_DATA_DIR / ARCHIVE_NAME).exists(), reason=f"no {ARCHIVE_NAME} in {FULL_DATA_DIR}"
 )
 def test_four_shards_on_the_full_real_data_set_equal_the_single_path(
-    clean_stack, s3_client, naming, db, monkeypatch
+    clean_stack, s3_client, naming, db
 ):
     filter_bytes = (FULL_DATA_DIR / FILTER_NAME).read_bytes()
     seed_source_bucket(s3_client, naming, data_dir=FULL_DATA_DIR, filter_bytes=filter_bytes)
@@ -198,7 +209,7 @@ def test_four_shards_on_the_full_real_data_set_equal_the_single_path(
     print(f"\nsingle path, 1,000 real files: {time.perf_counter() - started:.1f}s")
     assert single.success
     expected = snapshot(s3_client, naming, db, single.run_id)
-    success, run_id, failures = run_sharded(4, monkeypatch)
+    success, run_id, failures = run_sharded(4)
     assert success, failures
     got = snapshot(s3_client, naming, db, run_id)
     assert len(got["csv"]) == len(expected["csv"]) and got["csv"] == expected["csv"]
@@ -206,3 +217,46 @@ def test_four_shards_on_the_full_real_data_set_equal_the_single_path(
     assert got["table"] == expected["table"]
     assert got["skipped_files.csv"] == expected["skipped_files.csv"]
     assert leftovers(s3_client, naming, db) == []
+
+
+# --- the pieces, without servers ---------------------------------------------------------------
+
+
+def test_a_companys_files_share_a_shard_and_the_hash_is_stable():
+    assert shard_of("abc.us.csv", 4) == shard_of("abc.uk.csv", 4)
+    assert shard_of("tmusp.us.csv", 4) == zlib.crc32(b"tmusp") % 4  # not Python's salted hash()
+    assert {shard_of(name, 1) for name in ("a.us.csv", "b.us.csv")} == {0}
+
+
+def test_part_lengths_are_the_bytes_the_csv_writer_writes():
+    files = sample_files()
+    names = [name for name, _ in files]
+    lengths: dict[str, int] = {}
+    _, csv, _ = build_output(
+        files, names, on_rows=lambda name, rows: lengths.__setitem__(name, csv_byte_length(rows))
+    )
+    assert sum(lengths.values()) == csv.size == len(csv.getvalue())
+
+
+def test_profiles_of_disjoint_companies_merge_to_the_whole_ones_counts():
+    files = sample_files()
+    names = [name for name, _ in files]
+    _, _, whole = build_output(files, names)
+    parts = [
+        build_output([f for f in files if shard_of(f[0], 3) == i], names)[2].detached()
+        for i in range(3)
+    ]
+    merged = OutputProfile.merged(parts)
+    assert merged.rows == whole.rows and merged.rows_per_year == whole.rows_per_year
+    assert {k: v.count for k, v in merged.findings.items()} == {
+        k: v.count for k, v in whole.findings.items()
+    }
+    assert merged.duplicates().count == whole.duplicates().count
+
+
+def test_the_sharded_job_runs_its_steps_in_processes():
+    from stock_assets.definitions import defs
+
+    job = defs.resolve_job_def(SHARDED_JOB)
+    assert job.executor_def.name == "multiprocess"
+    assert defs.resolve_job_def("stock_pipeline_job").executor_def.name == "in_process"
