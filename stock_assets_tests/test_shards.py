@@ -148,6 +148,12 @@ def test_one_shard_is_the_single_path(richer_stack, s3_client, naming, db):
     single = run_job()
     assert single.success
     expected = snapshot(s3_client, naming, db, single.run_id)
+    # What a run whose process died would leave: its plan step's successor removes it.
+    s3_client.put_object(
+        Bucket=naming.source_bucket, Key=f"{SCRATCH_PREFIX}dead-run/0.csv", Body=b""
+    )
+    with db.cursor() as cur:
+        cur.execute("CREATE UNLOGGED TABLE historical_stocks_data__staging_deadbeef_0 (x int)")
     success, run_id, failures = run_sharded(1, processes=False)
     assert success, failures
     got = snapshot(s3_client, naming, db, run_id)
