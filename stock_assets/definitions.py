@@ -23,10 +23,11 @@ from stock_assets.sensors import (
     sns_on_pipeline_success,
     success_marker_sensor,
 )
+from stock_assets.sharded import stock_pipeline_sharded_job
 
 defs = Definitions(
     assets=[raw_stock_files, top_companies, historical_stock_data, historical_stock_data_parquet],
-    jobs=[stock_pipeline_job],
+    jobs=[stock_pipeline_job, stock_pipeline_sharded_job],
     sensors=[
         success_marker_sensor,
         sns_on_pipeline_success,

@@ -92,6 +92,9 @@ class PostgresResource(ConfigurableResource):
         return redact_url(self.database_url)
 
 
+SHARDS_ENV = "STOCK_ASSETS_SHARDS"
+
+
 class PipelineSettings(ConfigurableResource):
     """Names (from first name, surname, cohort, or overrides) and input limits."""
 
@@ -114,13 +117,18 @@ class PipelineSettings(ConfigurableResource):
         "instead of proving it from the CSV's count and the content checksum",
     )
 
+    shards: int = Field(
+        default=4, ge=1, description="Shard steps of stock_pipeline_sharded_job (1: one step)"
+    )
+
     @property
     def naming(self) -> Naming:
         return Naming.from_settings({name: getattr(self, name) for name in NAMING_ENV})
 
     @classmethod
     def from_env(cls) -> PipelineSettings:
-        return cls(**Naming.from_env().settings())
+        shards = int(os.environ.get(SHARDS_ENV) or 4)
+        return cls(**Naming.from_env().settings(), shards=shards)
 
     def run_config(
         self, run_id: str, table: str, verify: bool | str | None, triggered_by: str

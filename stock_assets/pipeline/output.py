@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from stock_assets.pipeline.columns import OUTPUT_COLUMNS
@@ -123,6 +124,7 @@ def build_output(
     files: Iterable[tuple[str, bytes]],
     file_names: Sequence[str],
     forward: Callable[[bytes], None] | None = None,
+    on_rows: Callable[[str, pa.Table], object] | None = None,
 ) -> tuple[CombinedOutput, CsvOutput, OutputProfile]:
     """Raw files (name, bytes), in filter order → the combined output, its CSV and its profile.
 
@@ -130,7 +132,8 @@ def build_output(
     transformed on a worker thread while the next batch is gathered (`transform_files`), and
     each CSV chunk goes to `forward` as soon as it is written (see `CsvOutput`). The row-level
     checks (`OutputProfile`) run on a worker thread, batch by batch, so they are done when the
-    last row is. `file_names`: every name `files` will yield (see `OutputCombiner`).
+    last row is. `file_names`: every name `files` will yield (see `OutputCombiner`). `on_rows`
+    sees each file's output rows (its name, an Arrow table) before they are written.
     """
     # The rows are written out as they come: keeping every file's table as well would hold the
     # whole output in memory a second time.
@@ -146,11 +149,20 @@ def build_output(
         for result in transform_files(files):
             table = combiner.add(result)
             if table is not None:
+                if on_rows is not None:
+                    on_rows(result.file_name, table)
                 csv_output.add(table)
         csv_output.close()
         for done in profiled:
             done.result()  # re-raise a failure of the profiling
     return combiner.result(), csv_output, profile
+
+
+def csv_byte_length(table: pa.Table) -> int:
+    """How many bytes `output_csv_bytes(table)` writes, without writing them: every value is
+    its final text (NULL: empty), one separator (comma or newline) after each."""
+    values = sum(pc.sum(pc.binary_length(column)).as_py() or 0 for column in table.columns)
+    return values + table.num_rows * table.num_columns
 
 
 def content_fingerprint(data: bytes) -> str:

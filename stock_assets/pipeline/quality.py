@@ -293,6 +293,30 @@ class OutputProfile:
         keys = np.concatenate(self._keys) if self._keys else np.empty(0, np.int64)
         return _duplicates_among(None, keys, {i: name for name, i in self._company_ids.items()})
 
+    def detached(self) -> OutputProfile:
+        """The same conclusions without the per-row keys: small enough to pass between
+        processes (the sharded mode's steps)."""
+        summary = OutputProfile()
+        summary.rows, summary.rows_per_year = self.rows, self.rows_per_year
+        summary.findings, summary.format_problems = self.findings, self.format_problems
+        summary._duplicates = self.duplicates()
+        return summary
+
+    @classmethod
+    def merged(cls, parts: Iterable[OutputProfile]) -> OutputProfile:
+        """One profile of outputs that share no company (the shards'): every count adds up,
+        duplicate keys included (a key holds its company). Examples: the first parts' first."""
+        total = cls()
+        for part in parts:
+            total.rows += part.rows
+            total.rows_per_year.update(part.rows_per_year)
+            for name, finding in part.findings.items():
+                total.findings[name] = _merge(total.findings[name], finding)
+            for column, problem in part.format_problems.items():
+                total.format_problems[column] = _merge(total.format_problems.get(column), problem)
+            total._duplicates = _merge(total._duplicates, part.duplicates())
+        return total
+
 
 def rejects_by_reason(rows: Iterable[RejectedRow]) -> dict[str, int]:
     """Reasons grouped by their kind (the text before any ':' detail)."""

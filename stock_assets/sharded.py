@@ -1,0 +1,136 @@
+"""`stock_pipeline_sharded_job` (issue 18): the pipeline as N shard steps (N: the `settings`
+resource's `shards`, per run) and a final step, each in its own process; wiring over
+`pipeline/shards.py` and `pipeline/shard_merge.py`. Only small results (names, each shard's
+counts and rejects) go through the IO manager; the rows go through S3 and staging tables."""
+
+from datetime import UTC, datetime
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetMaterialization,
+    DynamicOut,
+    DynamicOutput,
+    Failure,
+    MaterializeResult,
+    OpExecutionContext,
+    Out,
+    Output,
+    job,
+    multiprocess_executor,
+    op,
+)
+
+from stock_assets.assets import _csv_events, _table_events
+from stock_assets.checks import check_result
+from stock_assets.metadata import CSV, TOP_COMPANIES, VIEW, filter_metadata, view_metadata
+from stock_assets.notifications import describe_trigger
+from stock_assets.pipeline.run import FilterError, RunConfig, read_filter
+from stock_assets.pipeline.shard_merge import finish_sharded
+from stock_assets.pipeline.shards import ShardFailed, ShardResult, clean_up, run_shard
+from stock_assets.pipeline.verdicts import filter_file_valid
+from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
+
+SHARDED_JOB = "stock_pipeline_sharded_job"
+
+
+def _config(context: OpExecutionContext, settings, postgres, s3) -> RunConfig:
+    trigger = describe_trigger(context.run.tags)
+    return settings.run_config(context.run_id, postgres.table, s3.verify, trigger)
+
+
+def _op_events(events):
+    """An asset step's events (`assets._csv_events`, `_table_events`) as an op's."""
+    for event in events:
+        checks = [event]
+        if isinstance(event, MaterializeResult):
+            yield AssetMaterialization(event.asset_key, metadata=event.metadata)
+            checks = event.check_results or []
+        for c in checks:
+            yield AssetCheckEvaluation(
+                c.asset_key, c.check_name, c.passed, c.metadata, severity=c.severity,
+                description=c.description,
+            )  # fmt: skip
+
+
+@op(out={"plan": Out(), "shards": DynamicOut()})
+def sharded_plan(
+    context: OpExecutionContext,
+    s3: StockS3Resource,
+    postgres: PostgresResource,
+    settings: PipelineSettings,
+):
+    """The filter, read once for every step; a crashed run's leftovers removed; N outputs."""
+    client, bucket = s3.get_client(), settings.naming.source_bucket
+    try:
+        company_filter = read_filter(client, bucket, settings.max_files)
+    except FilterError as err:
+        raise Failure(str(err)) from err
+    clean_up(client, bucket, postgres.connect, postgres.table, None, keep=context.run_id)
+    materialized = MaterializeResult(
+        asset_key=TOP_COMPANIES,
+        metadata=filter_metadata(company_filter, bucket),
+        check_results=[
+            check_result(TOP_COMPANIES, filter_file_valid(company_filter, settings.max_files))
+        ],
+    )
+    yield from _op_events([materialized])
+    yield Output((datetime.now(UTC), company_filter.files), "plan")
+    for index in range(settings.shards):
+        yield DynamicOutput((index, settings.shards), mapping_key=str(index), output_name="shards")
+
+
+@op
+def sharded_part(
+    context: OpExecutionContext,
+    plan,
+    shard,
+    s3: StockS3Resource,
+    postgres: PostgresResource,
+    settings: PipelineSettings,
+) -> ShardResult:
+    """One shard: its files → a CSV part in S3 and a staging table (see `run_shard`)."""
+    (_, names), (index, count) = plan, shard
+    config = _config(context, settings, postgres, s3)
+    result = run_shard(config, s3.get_client(), postgres.connect, names, count, index)
+    if result.error:  # the final step fails the run, after removing every shard's scratch
+        context.log.error(f"shard {index} of {count} failed: {result.error}")
+    return result
+
+
+@op(out={})
+def sharded_finish(
+    context: OpExecutionContext,
+    plan,
+    shards: list,
+    s3: StockS3Resource,
+    postgres: PostgresResource,
+    settings: PipelineSettings,
+):
+    """The verdicts over all shards, the CSV in filter order, the table in one transaction."""
+    started_at, names = plan
+    config = _config(context, settings, postgres, s3)
+    try:
+        outcome = finish_sharded(
+            config, s3.get_client(), postgres.connect, names, shards, started_at
+        )
+    except ShardFailed as err:
+        raise Failure(str(err)) from err
+    if outcome.published or outcome.csv.blocking:
+        yield from _op_events(_csv_events(context, outcome.csv, config.bucket))
+    else:  # the table failed before the CSV was published: its checks, not a materialisation
+        yield from _op_events(check_result(CSV, v) for v in outcome.csv.verdicts)
+    assert outcome.table is not None
+    yield from _op_events(_table_events(context, outcome.table, postgres, config.bucket))
+    yield AssetMaterialization(VIEW, metadata=view_metadata(outcome.table, postgres.table))
+
+
+@job(
+    name=SHARDED_JOB,
+    executor_def=multiprocess_executor,
+    description="The same pipeline, sharded by company over settings.shards steps (each in "
+    "its own process), then one step that assembles the CSV in filter order and swaps the "
+    "table in, all or nothing.",
+)
+def stock_pipeline_sharded_job():
+    plan, shards = sharded_plan()
+    sharded_finish(plan, shards.map(lambda shard: sharded_part(plan, shard)).collect())
