@@ -123,7 +123,7 @@ def historical_stock_data(
             result = run_pipeline(config, client, postgres.connect if TABLE in selected else None)
         except FilterError as err:
             raise Failure(str(err)) from err
-        yield from _csv_events(context, result.csv, config.bucket)
+        yield from csv_events(context, result.csv, config.bucket)
         table = result.table
     elif TABLE in selected:
         try:
@@ -131,7 +131,7 @@ def historical_stock_data(
         except CsvObjectError as err:
             raise Failure(str(err)) from err
     if table is not None:
-        yield from _table_events(context, table, postgres, config.bucket)
+        yield from table_events(context, table, postgres, config.bucket)
     elif VIEW in selected:  # without the table: (re)created over the table as it is
         with postgres.connect() as conn:
             create_view(conn, postgres.table)
@@ -139,7 +139,7 @@ def historical_stock_data(
         yield MaterializeResult(asset_key=VIEW, metadata=view_metadata(table, postgres.table))
 
 
-def _csv_events(context: AssetExecutionContext, csv: CsvOutcome, bucket: str):
+def csv_events(context: AssetExecutionContext, csv: CsvOutcome, bucket: str):
     checks = [check_result(CSV, v) for v in csv.verdicts]
     if csv.blocking:
         yield from checks
@@ -163,7 +163,7 @@ def _csv_events(context: AssetExecutionContext, csv: CsvOutcome, bucket: str):
     )
 
 
-def _table_events(
+def table_events(
     context: AssetExecutionContext, table: TableOutcome, postgres: PostgresResource, bucket: str
 ):
     checks = [check_result(TABLE, v) for v in table.verdicts]

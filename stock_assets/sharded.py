@@ -20,7 +20,7 @@ from dagster import (
     op,
 )
 
-from stock_assets.assets import _csv_events, _table_events
+from stock_assets.assets import csv_events, table_events
 from stock_assets.checks import check_result
 from stock_assets.metadata import CSV, TOP_COMPANIES, VIEW, filter_metadata, view_metadata
 from stock_assets.notifications import describe_trigger
@@ -39,7 +39,7 @@ def _config(context: OpExecutionContext, settings, postgres, s3) -> RunConfig:
 
 
 def _op_events(events):
-    """An asset step's events (`assets._csv_events`, `_table_events`) as an op's."""
+    """An asset step's events (`assets.csv_events`, `table_events`) as an op's."""
     for event in events:
         checks = [event]
         if isinstance(event, MaterializeResult):
@@ -116,11 +116,11 @@ def sharded_finish(
     except ShardFailed as err:
         raise Failure(str(err)) from err
     if outcome.published or outcome.csv.blocking:
-        yield from _op_events(_csv_events(context, outcome.csv, config.bucket))
+        yield from _op_events(csv_events(context, outcome.csv, config.bucket))
     else:  # the table failed before the CSV was published: its checks, not a materialisation
         yield from _op_events(check_result(CSV, v) for v in outcome.csv.verdicts)
     assert outcome.table is not None
-    yield from _op_events(_table_events(context, outcome.table, postgres, config.bucket))
+    yield from _op_events(table_events(context, outcome.table, postgres, config.bucket))
     yield AssetMaterialization(VIEW, metadata=view_metadata(outcome.table, postgres.table))
 
 

@@ -162,7 +162,7 @@ def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None)
             # Downloads (a thread pool, in order), transformation in batches, CSV chunks and the
             # COPY of those chunks into the table (another thread) all overlap.
             combined, csv, profile = build_output(
-                _read_files(reader, names, missing, config.read_concurrency),
+                read_files(reader, names, missing, config.read_concurrency),
                 names,
                 forward=load.write if load is not None else None,
             )
@@ -177,7 +177,7 @@ def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None)
         # Rejects are kept whatever happens next: a failed run still shows what it refused.
         skipped = [FileResult(name, 0, skip_reason=MISSING) for name in missing]
         skipped += combined.skipped_files
-        rejects = _write_rejects(client, config.bucket, config.run_id, skipped, combined)
+        rejects = write_rejects(client, config.bucket, config.run_id, skipped, combined)
         verdicts, duplicates = csv_verdicts(
             combined, profile, len(names), skipped, rejects, config.max_reject_fraction
         )
@@ -204,8 +204,8 @@ def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None)
                 files_skipped=len(skipped), rows_rejected=combined.rows_rejected,
                 content_checksum=f"crc32-sum:{crc32}", csv_version=version,
             )  # fmt: skip
-            _commit(table, lambda: load.commit(duplicates, config.deep_table_checks, record))
-            _preview(table, load.connection, config.table)
+            commit_load(table, lambda: load.commit(duplicates, config.deep_table_checks, record))
+            read_preview(table, load.connection, config.table)
         seconds["duration_seconds"] = time.perf_counter() - started
         return PipelineResult(company_filter, outcome, table)
 
@@ -218,7 +218,7 @@ def _use_jemalloc() -> None:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
-def _read_files(
+def read_files(
     reader: ObjectReader, names: list[str], missing: list[str], concurrency: int
 ) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of each named file, in filter order; names without an object go to
@@ -244,7 +244,7 @@ def _read_files(
                 yield name, body
 
 
-def _write_rejects(
+def write_rejects(
     client: Any, bucket: str, run_id: str, skipped: list[FileResult], combined: CombinedOutput
 ) -> dict[str, str]:
     """Keep every rejected row and skipped file, with its reason, under Output/rejected/<run>/."""
@@ -295,7 +295,7 @@ def _version(response: dict[str, Any]) -> str:
     return response.get("VersionId") or response["ETag"].strip('"')
 
 
-def _commit(table: TableOutcome, commit: Callable[[], LoadResult]) -> None:
+def commit_load(table: TableOutcome, commit: Callable[[], LoadResult]) -> None:
     """COMMIT; a failed check or a database error is kept on `table` (the table is unchanged)."""
     try:
         table.loaded = commit()
@@ -306,7 +306,7 @@ def _commit(table: TableOutcome, commit: Callable[[], LoadResult]) -> None:
         table.error = err
 
 
-def _preview(table: TableOutcome, conn: Any, name: str) -> None:
+def read_preview(table: TableOutcome, conn: Any, name: str) -> None:
     """A few rows for the UI, read after COMMIT. The load has happened by then, so a failure
     here is noted, not raised: a failed run would tell people the table is unchanged."""
     if table.loaded is None:
@@ -361,6 +361,6 @@ def load_table_from_object(config: RunConfig, client: Any, connect: Connect) -> 
             config.run_id, config.triggered_by, started_at, csv_version=_version(head),
             content_checksum=f"crc32-sum:{meta[CRC32_META]}" if CRC32_META in meta else None,
         )  # fmt: skip
-        _commit(table, lambda: load_csv(conn, reader, checks, config.table, record=record))
-        _preview(table, conn, config.table)
+        commit_load(table, lambda: load_csv(conn, reader, checks, config.table, record=record))
+        read_preview(table, conn, config.table)
     return table

@@ -39,9 +39,9 @@ from stock_assets.pipeline.run import (
     CsvOutcome,
     RunConfig,
     TableOutcome,
-    _commit,
-    _preview,
-    _write_rejects,
+    commit_load,
+    read_preview,
+    write_rejects,
 )
 from stock_assets.pipeline.shards import (
     READ_BYTES,
@@ -120,7 +120,7 @@ def _finish(
     combined = CombinedOutput(None, [by_name[n] for n in names if n in by_name], cross, _head([]))
     skipped = [FileResult(name, 0, skip_reason=MISSING) for name in names if name in missing]
     skipped += combined.skipped_files
-    rejects = _write_rejects(client, config.bucket, config.run_id, skipped, combined)
+    rejects = write_rejects(client, config.bucket, config.run_id, skipped, combined)
     profile = OutputProfile.merged(s.profile for s in sorted(shards, key=lambda s: s.index))
     verdicts, duplicates = csv_verdicts(
         combined, profile, len(names), skipped, rejects, config.max_reject_fraction
@@ -166,8 +166,8 @@ def _finish(
                 rows_rejected=combined.rows_rejected,
                 content_checksum=f"crc32-sum:{crc32}", csv_version=version,
             )  # fmt: skip
-            _commit(table, lambda: load.commit(record))
-        _preview(table, conn, config.table)
+            commit_load(table, lambda: load.commit(record))
+        read_preview(table, conn, config.table)
     return outcome
 
 

@@ -46,7 +46,7 @@ from stock_assets.pipeline.records import FileResult, RejectedRow
 from stock_assets.pipeline.run import (
     Connect,
     RunConfig,
-    _read_files,
+    read_files,
 )
 from stock_assets.pipeline.s3 import ObjectReader, ObjectTooLarge, presigned_get_session
 from stock_assets.pipeline.sql_files import statements
@@ -132,7 +132,7 @@ def _make_part(
     with contextlib.closing(presigned_get_session(client, config.verify)) as http:
         reader = ObjectReader(client, config.bucket, http, max_bytes=config.max_file_bytes)
         combined, csv, profile = build_output(
-            _read_files(reader, names, shard.missing, config.read_concurrency),
+            read_files(reader, names, shard.missing, config.read_concurrency),
             names,
             on_rows=lambda name, rows: lengths.__setitem__(name, csv_byte_length(rows)),
         )
