@@ -189,6 +189,7 @@ def test_ecs_instance_loads_ecs_run_launcher(ecs, tmp_path: Path, monkeypatch) -
         assert container["command"] == compose[container["name"]]["command"]
         env = {v["name"]: v["value"] for v in container["environment"]}
         assert env["DAGSTER_HOME"] == "/opt/dagster/ecs"
+        assert env["STOCK_ASSETS_RUN_TASK_DEFINITION"] == "stock-assets-run"
     dockerfile = (DOCKER_DIR / "Dockerfile").read_text()
     assert "COPY deploy/ecs/dagster.yaml /opt/dagster/ecs/dagster.yaml" in dockerfile
 
