@@ -239,10 +239,13 @@ env_file() {
     grep -v -E '^(#|$)' "$ENV_FILE" | sed 's/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=<generated>/'
 }
 
+# STOCK_ASSETS_CONTAINER_TESTS=EXPR (a pytest -k expression) runs only some of the tests, for
+# working on one of them; CI runs them all.
 stack_tests() {
     STOCK_ASSETS_CONTAINER_STAGE=1 STOCK_ASSETS_COMPOSE="$COMPOSE_BIN" \
         "$REPO/.venv/bin/pytest" -m containers -p no:cacheprovider -o addopts= \
-        -v -s --timeout 1500 stock_assets_tests/test_compose_stack.py
+        -v -s --timeout 1500 ${STOCK_ASSETS_CONTAINER_TESTS:+-k "$STOCK_ASSETS_CONTAINER_TESTS"} \
+        stock_assets_tests/test_compose_stack.py
 }
 
 phase "tools (docker-compose v2, podman)" tools

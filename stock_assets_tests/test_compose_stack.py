@@ -220,6 +220,7 @@ def stack() -> Iterator[Stack]:
         yield stack
     finally:
         if os.environ.get("STOCK_ASSETS_KEEP_STACK") != "1":
+            _remove_run_containers(stack)
             stack.compose(
                 "--profile", "local", "--profile", "airflow", "down", "-v", "--remove-orphans",
                 check=False,
@@ -487,6 +488,23 @@ def _run_containers(stack: Stack) -> list[str]:
     ).stdout.split()  # fmt: skip
 
 
+def _remove_run_containers(stack: Stack) -> None:
+    """The launcher keeps run containers (not compose's): remove them, so `down -v` can remove
+    the volume they mount."""
+
+    def removed() -> bool:
+        for container_id in _run_containers(stack):
+            result = subprocess.run(
+                [stack.engine, "rm", "-f", container_id], capture_output=True, text=True
+            )
+            log(
+                f"{stack.engine} rm -f {container_id[:12]}: exit {result.returncode} {result.stderr}"
+            )
+        return _run_containers(stack) == []
+
+    wait_until(removed, "the run containers removed", 60)
+
+
 def test_with_the_run_containers_override_each_run_gets_its_own_container(stack: Stack) -> None:
     started = time.monotonic()
     stack.compose(
@@ -516,7 +534,12 @@ def test_with_the_run_containers_override_each_run_gets_its_own_container(stack:
     container_id = run["tags"]["docker/container_id"]
     image = stack.env["STOCK_ASSETS_IMAGE"]
     assert run["tags"]["dagster/image"] == image
-    info = _inspect(stack, container_id)
+    # The run is recorded SUCCESS just before its process (the container's) ends.
+    info = wait_until(
+        lambda: (i := _inspect(stack, container_id))["State"]["Status"] == "exited" and i,
+        f"container {container_id[:12]} to exit",
+        60,
+    )
     labels = info["Config"]["Labels"]
     log(
         f"run {run_id} ran in container {container_id[:12]} ({info['Name']}), image "
@@ -527,20 +550,37 @@ def test_with_the_run_containers_override_each_run_gets_its_own_container(stack:
     assert labels[RUN_CONTAINER_LABEL] == "true"
     assert "com.docker.compose.service" not in labels  # not one of the stack's services
     assert info["ImageName"] == image
-    assert info["State"]["Status"] == "exited" and info["State"]["ExitCode"] == 0
+    assert info["State"]["ExitCode"] == 0
     assert "execute_run" in info["Config"]["Cmd"]
     assert f"{PROJECT}_default" in info["NetworkSettings"]["Networks"]
-    # A fresh container for this run alone: nothing else new, and no compose service restarted.
-    assert _run_containers(stack) == [container_id]
+    # A fresh container for this run alone (any other is another run's: the Parquet copy's
+    # automation run follows a new CSV), and no compose service was restarted for it.
+    mine = [
+        c
+        for c in _run_containers(stack)
+        if _inspect(stack, c)["Config"]["Labels"]["dagster/run_id"] == run_id
+    ]
+    assert mine == [container_id]
     assert set(stack.containers()) == before
     # The run's output, as a user sees it: the table, the email.
     assert stack.table_rows() == ROWS
     stack.wait_for_email(run_id, SUCCESS_SUBJECT)
-    subprocess.run([stack.engine, "rm", "-f", container_id], capture_output=True, check=True)
-    assert _run_containers(stack) == []
+
+    # Every run launched meanwhile ran in a container of its own too; let them end, then remove.
+    def idle() -> bool:
+        return not [r for r in stack.runs() if r["status"] in ("QUEUED", "STARTING", "STARTED")]
+
+    wait_until(idle, "no run in progress", 180)
+    runs = {
+        _inspect(stack, c)["Config"]["Labels"]["dagster/run_id"] for c in _run_containers(stack)
+    }
+    log(f"{len(runs)} run container(s) since the override, one per run")
+    assert run_id in runs
+    _remove_run_containers(stack)
 
 
 def test_down_removes_every_container_and_volume(stack: Stack) -> None:
+    assert _run_containers(stack) == []
     stack.compose("--profile", "local", "--profile", "airflow", "down", "-v", "--remove-orphans")
     assert stack.containers() == []
     volumes = subprocess.run(
