@@ -571,10 +571,10 @@ def test_with_the_run_containers_override_each_run_gets_its_own_container(stack:
         return not [r for r in stack.runs() if r["status"] in ("QUEUED", "STARTING", "STARTED")]
 
     wait_until(idle, "no run in progress", 180)
-    runs = {
-        _inspect(stack, c)["Config"]["Labels"]["dagster/run_id"] for c in _run_containers(stack)
-    }
-    log(f"{len(runs)} run container(s) since the override, one per run")
+    containers = _run_containers(stack)
+    runs = {_inspect(stack, c)["Config"]["Labels"]["dagster/run_id"] for c in containers}
+    log(f"{len(containers)} run container(s) since the override, for {len(runs)} run(s)")
+    assert len(runs) == len(containers)
     assert run_id in runs
     _remove_run_containers(stack)
 
