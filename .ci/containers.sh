@@ -97,6 +97,11 @@ cleanup() {
         "$COMPOSE_BIN" -f docker/docker-compose.yaml --profile local --profile airflow \
             down -v --remove-orphans >/dev/null 2>&1 || true
     fi
+    # Containers DockerRunLauncher started for runs (docker-compose.run-containers.yaml) are not
+    # compose's: remove them by the label dagster-docker.yaml gives them.
+    if [ "${STOCK_ASSETS_KEEP_STACK:-}" != 1 ]; then
+        podman ps -a -q --filter label=stock-assets/run-container | xargs -r podman rm -f >/dev/null 2>&1 || true
+    fi
     if [ -n "$TICKER_PID" ] && [ "${STOCK_ASSETS_KEEP_STACK:-}" != 1 ]; then
         kill "$TICKER_PID" 2>/dev/null || true
         wait "$TICKER_PID" 2>/dev/null || true
@@ -165,12 +170,19 @@ build_airflow() {
     podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'stock-assets-airflow:latest'
 }
 
-# podman's Docker-compatible API for docker-compose; stopped by its PID on exit.
+# podman's Docker-compatible API for docker-compose, and for the Dagster daemon's
+# DockerRunLauncher (docker-compose.run-containers.yaml mounts it as /var/run/docker.sock); stopped
+# by its PID on exit. podman makes the socket 0600 root: like Docker's, it is given a group
+# (DOCKER_GID in docker/.env) that the unprivileged webserver and daemon join.
+SOCKET_GID=2375
 api() {
     podman system service --time=0 "unix://$SOCKET" >"$RUNDIR/podman-service.log" 2>&1 &
     SERVICE_PID=$!
     for _ in $(seq 50); do
-        [ -S "$SOCKET" ] && "$COMPOSE_BIN" ls >/dev/null 2>&1 && return 0
+        if [ -S "$SOCKET" ] && "$COMPOSE_BIN" ls >/dev/null 2>&1; then
+            chgrp "$SOCKET_GID" "$SOCKET" && chmod 660 "$SOCKET"
+            return 0
+        fi
         sleep 0.2
     done
     echo "podman system service did not come up"; cat "$RUNDIR/podman-service.log"; return 1
@@ -215,7 +227,9 @@ env_file() {
         POSTGRES_PORT=15432 \
         MOTO_PORT=15000 \
         AIRFLOW_PORT=18080 \
-        STOCK_ASSETS_SENSOR_INTERVAL_SECONDS=5; do
+        STOCK_ASSETS_SENSOR_INTERVAL_SECONDS=5 \
+        DOCKER_SOCKET="$SOCKET" \
+        DOCKER_GID="$SOCKET_GID"; do
         if grep -q "^${setting%%=*}=" "$ENV_FILE"; then
             sed -i "s|^${setting%%=*}=.*|${setting}|" "$ENV_FILE"
         else
@@ -225,10 +239,13 @@ env_file() {
     grep -v -E '^(#|$)' "$ENV_FILE" | sed 's/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=<generated>/'
 }
 
+# STOCK_ASSETS_CONTAINER_TESTS=EXPR (a pytest -k expression) runs only some of the tests, for
+# working on one of them; CI runs them all.
 stack_tests() {
     STOCK_ASSETS_CONTAINER_STAGE=1 STOCK_ASSETS_COMPOSE="$COMPOSE_BIN" \
         "$REPO/.venv/bin/pytest" -m containers -p no:cacheprovider -o addopts= \
-        -v -s --timeout 1500 stock_assets_tests/test_compose_stack.py
+        -v -s --timeout 1500 ${STOCK_ASSETS_CONTAINER_TESTS:+-k "$STOCK_ASSETS_CONTAINER_TESTS"} \
+        stock_assets_tests/test_compose_stack.py
 }
 
 phase "tools (docker-compose v2, podman)" tools

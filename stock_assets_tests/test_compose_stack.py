@@ -11,7 +11,9 @@ SNS messages, Airflow's REST API. The tests run in file order and share one stac
   a failing run (filter removed) sends one failure email and leaves the table →
   the daemon stopped between a marker and its run: exactly one run →
   PostgreSQL killed during the load: failure email, table as before, the next run succeeds →
-  the `airflow` profile triggers the shim DAG, whose Dagster run succeeds → `down -v`.
+  the `airflow` profile triggers the shim DAG, whose Dagster run succeeds →
+  docker-compose.run-containers.yaml (DockerRunLauncher): a marker's run executes in its own
+  container of the project's image, loads the table and sends the success email → `down -v`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ FAILURE_SUBJECT = "Dora_Explorer_Pipeline_Failure"
 SOURCE_BUCKET = "de-mbd-predict-dora-explorer-s3-source"
 MONITORED_BUCKET = "de-mbd-predict-dora-explorer-monitored-bucket"
 PROJECT = "stock-assets"
+RUN_CONTAINERS_FILE = DOCKER_DIR / "docker-compose.run-containers.yaml"
+RUN_CONTAINER_LABEL = "stock-assets/run-container"
 STARTED = time.monotonic()
 
 
@@ -216,6 +220,7 @@ def stack() -> Iterator[Stack]:
         yield stack
     finally:
         if os.environ.get("STOCK_ASSETS_KEEP_STACK") != "1":
+            _remove_run_containers(stack)
             stack.compose(
                 "--profile", "local", "--profile", "airflow", "down", "-v", "--remove-orphans",
                 check=False,
@@ -461,7 +466,121 @@ def test_the_airflow_dag_triggers_a_dagster_run_that_succeeds(stack: Stack) -> N
     assert stack.table_rows() == ROWS
 
 
+# ------------------------------------------------------------------------------------------
+# Each run in its own container (DockerRunLauncher through podman's Docker API)
+# ------------------------------------------------------------------------------------------
+
+
+def _inspect(stack: Stack, container_id: str) -> dict[str, Any]:
+    [info] = json.loads(
+        subprocess.run(
+            [stack.engine, "container", "inspect", container_id],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    return info
+
+
+def _run_containers(stack: Stack) -> list[str]:
+    return subprocess.run(
+        [stack.engine, "ps", "-a", "-q", "--no-trunc", "--filter", f"label={RUN_CONTAINER_LABEL}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+
+def _remove_run_containers(stack: Stack) -> None:
+    """The launcher keeps run containers (not compose's): remove them, so `down -v` can remove
+    the volume they mount."""
+
+    def removed() -> bool:
+        for container_id in _run_containers(stack):
+            result = subprocess.run(
+                [stack.engine, "rm", "-f", container_id], capture_output=True, text=True
+            )
+            log(
+                f"{stack.engine} rm -f {container_id[:12]}: exit {result.returncode} {result.stderr}"
+            )
+        return _run_containers(stack) == []
+
+    wait_until(removed, "the run containers removed", 60)
+
+
+def test_with_the_run_containers_override_each_run_gets_its_own_container(stack: Stack) -> None:
+    started = time.monotonic()
+    stack.compose(
+        "-f", str(RUN_CONTAINERS_FILE), "--profile", "local",
+        "up", "-d", "--no-build", "--wait", "user_code", "webserver", "daemon",
+        timeout=600,
+    )  # fmt: skip
+    log(
+        f"user_code, webserver, daemon recreated (DockerRunLauncher) in {time.monotonic() - started:.0f}s"
+    )
+    # The daemon now has the socket and the launcher's instance; compose's own containers only.
+    for name in ("webserver", "daemon"):
+        launcher = stack.compose(
+            "exec", "-T", name, "python", "-c",
+            "from dagster import DagsterInstance;"
+            "print(type(DagsterInstance.get().run_launcher).__name__)",
+        ).strip()  # fmt: skip
+        assert launcher == "DockerRunLauncher", (name, launcher)
+    before = set(stack.containers())
+    assert _run_containers(stack) == []
+
+    key = stack.drop_marker("own-container")
+    run = stack.wait_for_run(lambda: stack.runs_for_marker(key), key)
+    assert run["status"] == "SUCCESS"
+    run_id = run["runId"]
+    # The launcher's record of the container, and the container itself, as the engine has it.
+    container_id = run["tags"]["docker/container_id"]
+    image = stack.env["STOCK_ASSETS_IMAGE"]
+    assert run["tags"]["dagster/image"] == image
+    # The run is recorded SUCCESS just before its process (the container's) ends.
+    info = wait_until(
+        lambda: (i := _inspect(stack, container_id))["State"]["Status"] == "exited" and i,
+        f"container {container_id[:12]} to exit",
+        60,
+    )
+    labels = info["Config"]["Labels"]
+    log(
+        f"run {run_id} ran in container {container_id[:12]} ({info['Name']}), image "
+        f"{info['ImageName']}, exit {info['State']['ExitCode']}, networks "
+        f"{sorted(info['NetworkSettings']['Networks'])}"
+    )
+    assert labels["dagster/run_id"] == run_id
+    assert labels[RUN_CONTAINER_LABEL] == "true"
+    assert "com.docker.compose.service" not in labels  # not one of the stack's services
+    assert info["ImageName"] == image
+    assert info["State"]["ExitCode"] == 0
+    assert "execute_run" in info["Config"]["Cmd"]
+    assert f"{PROJECT}_default" in info["NetworkSettings"]["Networks"]
+    # A fresh container for this run alone (any other is another run's: the Parquet copy's
+    # automation run follows a new CSV), and no compose service was restarted for it.
+    mine = [
+        c
+        for c in _run_containers(stack)
+        if _inspect(stack, c)["Config"]["Labels"]["dagster/run_id"] == run_id
+    ]
+    assert mine == [container_id]
+    assert set(stack.containers()) == before
+    # The run's output, as a user sees it: the table, the email.
+    assert stack.table_rows() == ROWS
+    stack.wait_for_email(run_id, SUCCESS_SUBJECT)
+
+    # Every run launched meanwhile ran in a container of its own too; let them end, then remove.
+    def idle() -> bool:
+        return not [r for r in stack.runs() if r["status"] in ("QUEUED", "STARTING", "STARTED")]
+
+    wait_until(idle, "no run in progress", 180)
+    containers = _run_containers(stack)
+    runs = {_inspect(stack, c)["Config"]["Labels"]["dagster/run_id"] for c in containers}
+    log(f"{len(containers)} run container(s) since the override, for {len(runs)} run(s)")
+    assert len(runs) == len(containers)
+    assert run_id in runs
+    _remove_run_containers(stack)
+
+
 def test_down_removes_every_container_and_volume(stack: Stack) -> None:
+    assert _run_containers(stack) == []
     stack.compose("--profile", "local", "--profile", "airflow", "down", "-v", "--remove-orphans")
     assert stack.containers() == []
     volumes = subprocess.run(

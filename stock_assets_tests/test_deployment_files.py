@@ -172,9 +172,13 @@ def test_images_install_the_tests_dependency_declarations() -> None:
         for requirement in extras[extra]:
             match = re.fullmatch(r"stock_assets\[([a-z,]+)\]", requirement)
             todo += [e for e in (match.group(1).split(",") if match else []) if e not in reachable]
-    assert "emulator" in reachable
-    # The app image installs the package plainly: the UI comes with it (see the next test).
-    assert re.search(r"(?m)^RUN pip install \.$", dockerfile)
+    assert {"emulator", "deploy"} <= reachable
+    # The app image installs the package with its run launchers (dagster-docker, dagster-k8s:
+    # each run container loads the instance, and so the launcher's class); the UI comes with
+    # the package itself (see the next test).
+    assert re.search(r'(?m)^RUN pip install "\.\[deploy\]"$', dockerfile)
+    deploy = {re.split(r"[<>=]", r, maxsplit=1)[0] for r in extras["deploy"]}
+    assert deploy == {"dagster-docker", "dagster-k8s"}
     airflow_dockerfile = (DOCKER_DIR / "Dockerfile.airflow").read_text()
     assert "pip install -r /opt/airflow/requirements.txt" in airflow_dockerfile
     assert "COPY airflow/requirements.txt /opt/airflow/requirements.txt" in airflow_dockerfile

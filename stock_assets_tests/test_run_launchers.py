@@ -1,0 +1,306 @@
+"""The run-launcher configurations load: Docker (docker/), ECS (deploy/ecs/), Kubernetes (deploy/helm/).
+
+Each instance file is loaded the way Dagster loads it (`instance_for_test` with the file's
+`run_launcher`, and the whole file against the instance schema), so a wrong key or type fails
+here, not on a cluster. The ECS task definitions are registered through boto3 against moto's ECS
+(botocore validates them against the ECS API's own shapes), and EcsRunLauncher then starts with
+the instance file's config, finding its `run` container in the registered definition. The Helm
+values are checked against the keys of Dagster's chart schema and their `k8sRunLauncher` section
+is rendered as the chart's instance template renders it, then loaded as K8sRunLauncher. The
+container stage (test_compose_stack.py) runs DockerRunLauncher for real.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from dagster import instance_for_test
+
+from stock_assets_tests.compose import DOCKER_DIR, ENV_EXAMPLE, REPO_ROOT, load_compose
+
+DOCKER_INSTANCE = DOCKER_DIR / "dagster-docker.yaml"
+RUN_CONTAINERS = DOCKER_DIR / "docker-compose.run-containers.yaml"
+ECS_DIR = REPO_ROOT / "deploy" / "ecs"
+HELM_VALUES = REPO_ROOT / "deploy" / "helm" / "values.yaml"
+ACCOUNT_ID = "123456789012"
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL|DATABASE_URL|POSTGRES_URL")
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def _validated_instance_config(path: Path, tmp_path: Path, monkeypatch) -> dict[str, Any]:
+    """The file as Dagster reads $DAGSTER_HOME/dagster.yaml, checked against the instance schema."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(path, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql+psycopg2://u:p@db:5432/dagster")
+    config, _ = dagster_instance_config(str(home))
+    return config
+
+
+def _launcher(section: dict[str, Any]):
+    with instance_for_test(overrides={"run_launcher": section}) as instance:
+        return instance.run_launcher
+
+
+def _same_but(path: Path, keys: set[str]) -> None:
+    """An instance file is the repository's dagster.yaml except for `keys`."""
+    base, other = _yaml(REPO_ROOT / "dagster.yaml"), _yaml(path)
+    for key in keys:
+        base.pop(key, None)
+        other.pop(key)
+    assert other == base
+
+
+# ------------------------------------------------------------------------------------------
+# DockerRunLauncher: docker/dagster-docker.yaml, selected by docker-compose.run-containers.yaml
+# ------------------------------------------------------------------------------------------
+
+
+def test_docker_instance_loads_docker_run_launcher(tmp_path: Path, monkeypatch) -> None:
+    from dagster_docker import DockerRunLauncher
+
+    _same_but(DOCKER_INSTANCE, {"run_launcher"})
+    config = _validated_instance_config(DOCKER_INSTANCE, tmp_path, monkeypatch)
+    launcher = _launcher(config["run_launcher"])
+    assert isinstance(launcher, DockerRunLauncher)
+    # Runs join the compose project's network and mount its compute-log volume: names compose
+    # derives from the file's project name.
+    project = load_compose()["name"]
+    assert launcher.networks == [f"{project}_default"]
+    [volume] = launcher.container_kwargs["volumes"]
+    assert volume == f"{project}_dagster_storage:/opt/dagster/dagster_home/storage"
+    # Names only, passed through from the daemon: no value in the file.
+    assert all("=" not in name for name in launcher.env_vars)
+    assert launcher.image is None  # the code location reports it (DAGSTER_CURRENT_IMAGE)
+
+
+def test_run_containers_override_gives_what_the_launcher_needs() -> None:
+    override = _yaml(RUN_CONTAINERS)["services"]
+    env_vars = _yaml(DOCKER_INSTANCE)["run_launcher"]["config"]["env_vars"]
+    daemon_env = override["daemon"]["environment"]
+    # Every name the launcher passes through is set in the daemon (empty when .env lacks it:
+    # an unset name would fail every launch).
+    assert set(env_vars) <= set(daemon_env)
+    assert set(daemon_env) - set(env_vars) == {
+        "DAGSTER_CODE_SERVER_HOST",
+        "DAGSTER_CODE_SERVER_PORT",
+    }
+    template = {*_env_template_keys()}
+    for name in env_vars:
+        value = daemon_env[name]
+        assert value.startswith("${" + name), (name, value)
+        assert name in template, f"{name}: not in docker/.env.example"
+    for name in ("webserver", "daemon"):
+        mounts = override[name]["volumes"]
+        assert "./dagster-docker.yaml:/opt/dagster/dagster_home/dagster.yaml:ro" in mounts
+        assert "${DOCKER_SOCKET:-/var/run/docker.sock}:/var/run/docker.sock" in mounts
+        assert override[name]["group_add"] == ["${DOCKER_GID:-999}"]
+    assert override["user_code"]["environment"] == {
+        "DAGSTER_CURRENT_IMAGE": "${STOCK_ASSETS_IMAGE:-stock-assets:latest}"
+    }
+    # The default stack is untouched: no socket, the subprocess launcher.
+    base = load_compose()["services"]
+    assert not any("docker.sock" in str(spec.get("volumes")) for spec in base.values())
+    assert _yaml(REPO_ROOT / "dagster.yaml")["run_launcher"]["class"] == "DefaultRunLauncher"
+
+
+def _env_template_keys() -> list[str]:
+    """Keys of docker/.env.example, set or commented out (`# KEY=`)."""
+    return re.findall(r"(?m)^#? ?([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text())
+
+
+# ------------------------------------------------------------------------------------------
+# EcsRunLauncher: deploy/ecs/
+# ------------------------------------------------------------------------------------------
+
+
+def _task_definition(name: str) -> dict[str, Any]:
+    text = (ECS_DIR / name).read_text().replace("ACCOUNT_ID", ACCOUNT_ID)
+    return json.loads(text)
+
+
+@pytest.fixture
+def ecs(monkeypatch):
+    from moto import mock_aws
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    with mock_aws():
+        yield boto3.client("ecs", region_name="eu-west-1")
+
+
+@pytest.mark.parametrize("name", ["run-task-definition.json", "dagster-task-definition.json"])
+def test_ecs_task_definitions_register_and_hold_no_secret(name: str, ecs) -> None:
+    definition = _task_definition(name)
+    # botocore validates the request against the ECS API's shapes before sending it.
+    registered = ecs.register_task_definition(**definition)["taskDefinition"]
+    assert registered["family"] == definition["family"]
+    assert registered["executionRoleArn"].endswith(":role/stock-assets-ecs-execution")
+    assert re.search(r":role/stock-assets-(pipeline|dagster)$", registered["taskRoleArn"])
+    for container in definition["containerDefinitions"]:
+        for variable in container.get("environment", []):
+            assert not SECRET_NAME.search(variable["name"]), (container["name"], variable)
+        secrets = {s["name"]: s["valueFrom"] for s in container["secrets"]}
+        assert set(secrets) == {"DAGSTER_POSTGRES_URL", "STOCK_ASSETS_DATABASE_URL"}
+        for value_from in secrets.values():
+            assert re.match(r"arn:aws:(secretsmanager|ssm):eu-west-1:\d{12}:", value_from)
+        assert container["image"].endswith(".dkr.ecr.eu-west-1.amazonaws.com/stock-assets:0.1.0")
+
+
+def test_ecs_instance_loads_ecs_run_launcher(ecs, tmp_path: Path, monkeypatch) -> None:
+    from dagster_aws.ecs import EcsRunLauncher
+    from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+
+    _same_but(ECS_DIR / "dagster.yaml", {"run_launcher", "compute_logs"})
+    arn = ecs.register_task_definition(**_task_definition("run-task-definition.json"))[
+        "taskDefinition"
+    ]["taskDefinitionArn"]
+    monkeypatch.setenv("STOCK_ASSETS_RUN_TASK_DEFINITION", "stock-assets-run")
+    monkeypatch.setenv("STOCK_ASSETS_COMPUTE_LOG_BUCKET", "dagster-logs")
+    config = _validated_instance_config(ECS_DIR / "dagster.yaml", tmp_path, monkeypatch)
+    launcher = _launcher(config["run_launcher"])
+    assert isinstance(launcher, EcsRunLauncher)
+    # It looked the family up in ECS and found the `run` container there.
+    assert launcher.task_definition == arn
+    assert launcher.container_name == "run"
+    assert launcher.secrets_tags == []
+    with instance_for_test(overrides={"compute_logs": config["compute_logs"]}) as instance:
+        assert isinstance(instance.compute_log_manager, S3ComputeLogManager)
+    # The service task runs the compose file's three commands against this instance.
+    services = _task_definition("dagster-task-definition.json")["containerDefinitions"]
+    compose = load_compose()["services"]
+    for container in services:
+        assert container["command"] == compose[container["name"]]["command"]
+        env = {v["name"]: v["value"] for v in container["environment"]}
+        assert env["DAGSTER_HOME"] == "/opt/dagster/ecs"
+        assert env["STOCK_ASSETS_RUN_TASK_DEFINITION"] == "stock-assets-run"
+    dockerfile = (DOCKER_DIR / "Dockerfile").read_text()
+    assert "COPY deploy/ecs/dagster.yaml /opt/dagster/ecs/dagster.yaml" in dockerfile
+
+
+# ------------------------------------------------------------------------------------------
+# K8sRunLauncher: deploy/helm/values.yaml for Dagster's Helm chart
+# ------------------------------------------------------------------------------------------
+
+# The chart's schema (helm/dagster/schema in dagster-io/dagster, the pydantic models its
+# values.schema.json is generated from): the keys these sections may hold.
+CHART_TOP_LEVEL = {
+    "dagsterWebserver", "dagster-user-deployments", "postgresql",
+    "generatePostgresqlPasswordSecret", "generateCeleryConfigSecret", "rabbitmq", "redis",
+    "flower", "ingress", "imagePullSecrets", "computeLogManager", "scheduler", "runLauncher",
+    "pythonLogs", "dagsterDaemon", "busybox", "migrate", "telemetry", "serviceAccount", "global",
+    "retention", "additionalInstanceConfig",
+}  # fmt: skip
+CHART_K8S_RUN_LAUNCHER = {
+    "image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile",
+    "envConfigMaps", "envSecrets", "envVars", "volumeMounts", "volumes", "labels",
+    "failPodOnRunFailure", "resources", "schedulerName", "securityContext", "runK8sConfig",
+}  # fmt: skip
+CHART_USER_DEPLOYMENTS = {"enabled", "enableSubchart", "imagePullSecrets", "deployments"}
+CHART_USER_DEPLOYMENT = {
+    "name", "image", "dagsterApiGrpcArgs", "codeServerArgs", "includeConfigInLaunchedRuns",
+    "port", "env", "envConfigMaps", "envSecrets", "annotations", "nodeSelector", "affinity",
+    "tolerations", "podSecurityContext", "securityContext", "resources", "livenessProbe",
+    "readinessProbe", "startupProbe", "labels", "volumeMounts", "volumes", "schedulerName",
+}  # fmt: skip
+CHART_POSTGRESQL = {
+    "image", "enabled", "postgresqlHost", "postgresqlUsername", "postgresqlPassword",
+    "postgresqlDatabase", "postgresqlParams", "postgresqlScheme", "service",
+}  # fmt: skip
+CHART_RUN_COORDINATOR = {
+    "maxConcurrentRuns", "tagConcurrencyLimits", "dequeueIntervalSeconds", "dequeueNumWorkers",
+    "dequeueUseThreads",
+}  # fmt: skip
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _chart_run_launcher(values: dict[str, Any], kubeconfig: Path) -> dict[str, Any]:
+    """runLauncher as the chart's instance template (_run-launcher.tpl) renders it for
+    K8sRunLauncher; in a cluster the pod's own service account replaces the kubeconfig."""
+    k8s = values["runLauncher"]["config"]["k8sRunLauncher"]
+    config: dict[str, Any] = {
+        "load_incluster_config": False,
+        "kubeconfig_file": str(kubeconfig),
+        "job_namespace": k8s.get("jobNamespace") or "dagster",
+        "image_pull_policy": k8s["imagePullPolicy"],
+        "service_account_name": "dagster",
+        "dagster_home": "/opt/dagster/dagster_home",
+        "instance_config_map": "dagster-instance",
+        "postgres_password_secret": values["global"]["postgresqlSecretName"],
+        "env_config_maps": ["dagster-pipeline-env"] + [c["name"] for c in k8s["envConfigMaps"]],
+        "env_secrets": [s["name"] for s in k8s["envSecrets"]],
+    }
+    assert k8s["loadInclusterConfig"] is True
+    for key in ("envVars", "volumeMounts", "volumes", "labels", "resources", "failPodOnRunFailure"):
+        if k8s.get(key):
+            config[_snake(key)] = k8s[key]
+    return {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": config}
+
+
+def test_helm_values_match_the_chart_and_load_k8s_run_launcher(tmp_path: Path) -> None:
+    from dagster_k8s import K8sRunLauncher
+
+    values = _yaml(HELM_VALUES)
+    assert set(values) <= CHART_TOP_LEVEL
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert set(values["runLauncher"]["config"]) == {"k8sRunLauncher"}
+    assert set(values["runLauncher"]["config"]["k8sRunLauncher"]) <= CHART_K8S_RUN_LAUNCHER
+    assert set(values["postgresql"]) <= CHART_POSTGRESQL
+    assert values["postgresql"]["enabled"] is False
+    assert "postgresqlPassword" not in values["postgresql"]
+    coordinator = values["dagsterDaemon"]["runCoordinator"]
+    assert coordinator["type"] == "QueuedRunCoordinator"
+    assert set(coordinator["config"]["queuedRunCoordinator"]) <= CHART_RUN_COORDINATOR
+    assert coordinator["config"]["queuedRunCoordinator"]["maxConcurrentRuns"] == 1
+
+    # The project's image as the one user-code deployment, serving stock_assets.definitions.
+    users = values["dagster-user-deployments"]
+    assert set(users) <= CHART_USER_DEPLOYMENTS
+    [deployment] = users["deployments"]
+    assert set(deployment) <= CHART_USER_DEPLOYMENT
+    assert deployment["image"]["repository"].endswith("/stock-assets")
+    assert deployment["codeServerArgs"] == ["-m", "stock_assets.definitions"]
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+    for variable in deployment["env"]:
+        assert set(variable) == {"name", "value"}
+        assert not SECRET_NAME.search(variable["name"]), variable
+    # Secrets by reference only.
+    assert {s["name"] for s in deployment["envSecrets"]} == {"stock-assets-env"}
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443"}}],
+                "users": [{"name": "u", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    launcher = _launcher(_chart_run_launcher(values, kubeconfig))
+    assert isinstance(launcher, K8sRunLauncher)
+    assert launcher.env_secrets == ["stock-assets-env"]
+    assert launcher.image_pull_policy == "IfNotPresent"
+    assert launcher.resources["limits"]["memory"] == "2Gi"
