@@ -181,6 +181,7 @@ class _TreePeak(threading.Thread):
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.largest = 0  # the largest single process's VmHWM seen (a sharded run's steps)
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -189,7 +190,9 @@ class _TreePeak(threading.Thread):
                 pids = [self.root.pid, *(p.pid for p in self.root.children(recursive=True))]
             except psutil.Error:
                 return
-            self.peak = max(self.peak, sum(hwm_bytes(pid) for pid in pids))
+            peaks = [hwm_bytes(pid) for pid in pids]
+            self.peak = max(self.peak, sum(peaks))
+            self.largest = max(self.largest, *peaks)
 
     def stop(self) -> int:
         self._done.set()
@@ -302,6 +305,7 @@ class Runner:
             # Sampled, and exact where a worker read its own at the end. Not wait4's
             # ru_maxrss: it counts the runner's memory the child shared until its exec.
             "peak_rss_bytes": max(peak_sampled, result.get("peak_rss_bytes", 0)),
+            "largest_process_peak_rss_bytes": max(tree.largest, result.get("peak_rss_bytes", 0)),
         }
         if "process_start_cpu_seconds" in result:  # a worker: its run alone, as before
             cpu = {

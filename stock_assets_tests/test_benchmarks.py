@@ -112,3 +112,42 @@ def test_quick_benchmark_runs_and_writes_the_expected_report(tmp_path):
         "ours_faster_than_every_peer",
         "peak_rss_within_2x_duckdb",
     }
+
+
+def test_quick_scaling_series_runs_both_paths_and_verifies_them(tmp_path):
+    """`python -m benchmarks.scaling --quick`: 20 and 40 files, the single path and the sharded
+    one (N = 2, multiprocess executor), each run verified and reported."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scaling", "--quick", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "scaling-quick.json").read_text())
+    markdown = (tmp_path / "scaling-quick.md").read_text()
+    assert report["verified"] is True
+    assert {"cpus", "load_average_before", "versions", "git_commit"} <= report["conditions"].keys()
+    assert [d["files"] for d in report["dataset"]] == [20, 40]
+    for path, job in [
+        ("single", "stock_pipeline_job"),
+        ("sharded", "stock_pipeline_sharded_job"),
+    ]:
+        data = report["paths"][path]
+        assert data["job"] == job and f"`{job}`" in markdown
+        points = data["points"]
+        assert [p["factor"] for p in points] == [1, 2]
+        for point in points:
+            assert point["verification"]["passed"], point["verification"]
+            assert point["wall_seconds"] > 0 and point["cpu_seconds"]["total"] > 0
+            assert point["peak_rss"]["largest_process_bytes"] > 0
+            assert point["s3"]["requests"]["GET Stocks/"] == point["files"]
+            assert point["rows"] == point["csv"]["rows"] > 0
+        assert data["summary"]["verified"] and data["summary"]["fit_seconds_vs_k"]
+    # The same input gives the same CSV on both paths.
+    single, sharded = (report["paths"][p]["points"] for p in ("single", "sharded"))
+    assert [p["csv"]["sha256"] for p in single] == [p["csv"]["sha256"] for p in sharded]
+    # The sharded path's steps are separate processes: the tree's sum exceeds its largest one.
+    peak = sharded[0]["peak_rss"]
+    assert peak["sum_over_processes_bytes"] > peak["largest_process_bytes"]
