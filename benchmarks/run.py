@@ -103,6 +103,19 @@ def _child_env(stack_env: dict[str, str], dagster_home: Path) -> dict[str, str]:
     return env
 
 
+def start_stack(stack: Any, workdir: Path) -> tuple[dict[str, str], Path]:
+    """Start the benchmark's local stack (exported into this process's environment) and make
+    its Dagster instance folder (SQLite storage, telemetry off): (the stack's env, DAGSTER_HOME)."""
+    _log(f"starting the local stack in {workdir}")
+    stack_env = stack.start()
+    os.environ.update(stack_env)
+    dagster_home = workdir / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    assert stack.moto.process is not None and stack.postgres is not None
+    return stack_env, dagster_home
+
+
 def build_bucket(client: Any, profile: Profile, source: dataset.DataSource) -> dict[str, Any]:
     """The source bucket: layout, filter, scripts, the real files and the synthetic rest."""
     from stock_assets.bucket_layout import ensure_layout, upload_filter_and_scripts
@@ -546,13 +559,7 @@ def run_benchmark(
     }
     load_before = os.getloadavg()
     try:
-        _log(f"starting the local stack in {workdir}")
-        stack_env = stack.start()
-        os.environ.update(stack_env)
-        dagster_home = workdir / "dagster_home"
-        dagster_home.mkdir()
-        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        assert stack.moto.process is not None and stack.postgres is not None
+        stack_env, dagster_home = start_stack(stack, workdir)
         runner = Runner(
             _child_env(stack_env, dagster_home),
             workdir,

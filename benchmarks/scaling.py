@@ -38,7 +38,16 @@ import psutil
 
 from benchmarks import dataset
 from benchmarks.report import linear_fit
-from benchmarks.run import RESULTS_DIR, Runner, _child_env, _log, _machine, _stop, _table_rows
+from benchmarks.run import (
+    RESULTS_DIR,
+    Runner,
+    _child_env,
+    _log,
+    _machine,
+    _stop,
+    _table_rows,
+    start_stack,
+)
 
 PATHS = ["single", "sharded"]
 # Peak RSS "flat" if the largest k's is within this factor of the smallest k's.
@@ -204,13 +213,7 @@ def run_series(series: Series, out_dir: Path, keep: bool = False) -> dict[str, A
     }
     load_before = os.getloadavg()
     try:
-        _log(f"starting the local stack in {workdir}")
-        stack_env = stack.start()
-        os.environ.update(stack_env)
-        dagster_home = workdir / "dagster_home"
-        dagster_home.mkdir()
-        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-        assert stack.moto.process is not None and stack.postgres is not None
+        stack_env, dagster_home = start_stack(stack, workdir)
         proxy = CountingProxy(stack.moto.endpoint_url, workdir / "s3_counter.log")
         env = _child_env(stack_env, dagster_home)
         env["AWS_ENDPOINT_URL"] = proxy.url  # the runs' S3 traffic only; ours goes direct
