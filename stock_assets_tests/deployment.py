@@ -62,6 +62,19 @@ def dagster_storage_url(stack: LocalStack, database: str) -> str:
     return f"postgresql+psycopg2://postgres@/{database}?host={socket_dir}"
 
 
+TICKS = """
+query($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { status ticks(limit: 50) {
+      status timestamp runIds error { message }
+    } } }
+  }
+}
+"""
+# The marker sensor and the two run-status sensors that send the emails.
+SENSORS = ("success_marker_sensor", "sns_on_pipeline_success", "sns_on_pipeline_failure")
+
 LAUNCH_RUN = """
 mutation Launch($params: ExecutionParams!) {
   launchRun(executionParams: $params) {
@@ -216,6 +229,47 @@ class DagsterDeployment:
 
         os.environ["DAGSTER_POSTGRES_URL"] = self._env["DAGSTER_POSTGRES_URL"]
         return DagsterInstance.from_config(str(self.home))
+
+    def ticks(self, sensor: str) -> list[dict[str, Any]]:
+        """The sensor's latest ticks, newest first (status, timestamp, run ids, error)."""
+        selector = {
+            "repositoryLocationName": "stock_assets",
+            "repositoryName": "__repository__",
+            "sensorName": sensor,
+        }
+        result = self.graphql(TICKS, {"selector": selector})["sensorOrError"]
+        assert result["__typename"] == "Sensor", result
+        return result["sensorState"]["ticks"]
+
+    def wait_for_ticks(self, sensor: str, after: float, count: int = 1) -> None:
+        """Wait until `sensor` has completed `count` ticks that started after `after` (epoch s)."""
+        wait_until(
+            lambda: sum(
+                1 for t in self.ticks(sensor) if t["timestamp"] > after and t["status"] != "STARTED"
+            ) >= count,
+            f"{count} tick(s) of {sensor}",
+        )  # fmt: skip
+
+    def wait_for_sensors(self) -> None:
+        """A run-status sensor's first tick only records where the event log is: runs that end
+        before it would never be notified. Wait for every sensor's first tick."""
+        for sensor in SENSORS:
+            self.wait_for_ticks(sensor, after=0)
+
+    def marker_runs(self, key: str) -> list:
+        """The runs the marker sensor started for `key` (tags hold long keys shortened)."""
+        from dagster import RunsFilter
+
+        from stock_assets.notifications import MARKER_KEYS_TAG, shorten_key
+
+        if getattr(self, "_instance", None) is None:
+            self._instance = self.instance()
+        runs = self._instance.get_runs(
+            filters=RunsFilter(tags={"dagster/sensor_name": "success_marker_sensor"})
+        )
+        return [
+            r for r in runs if shorten_key(key) in json.loads(r.tags.get(MARKER_KEYS_TAG, "[]"))
+        ]
 
     def wait_for_run(self, run_id: str, timeout: float = 180) -> str:
         """Wait for a terminal status; returns it (SUCCESS, FAILURE, CANCELED)."""

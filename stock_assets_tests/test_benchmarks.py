@@ -151,3 +151,23 @@ def test_quick_scaling_series_runs_both_paths_and_verifies_them(tmp_path):
     # The sharded path's steps are separate processes: the tree's sum exceeds its largest one.
     peak = sharded[0]["peak_rss"]
     assert peak["sum_over_processes_bytes"] > peak["largest_process_bytes"]
+
+
+def test_quick_latency_report_times_a_marker_through_a_real_deployment(tmp_path):
+    """`python -m benchmarks.latency --quick`: one marker through the webserver and the daemon;
+    its run succeeds, exactly one email, and both latencies are reported (no timing target)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.latency", "--quick", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "latency-quick.json").read_text())
+    [point] = report["points"]
+    assert point["status"] == "SUCCESS" and point["messages_for_the_run"] == 1
+    assert report["summary"]["verified"] is True
+    assert point["marker_to_run_start_seconds"] > 0 and point["run_end_to_email_seconds"] >= 0
+    assert point["marker_to_email_seconds"] >= point["marker_to_run_start_seconds"]
+    assert "marker → run start" in (tmp_path / "latency-quick.md").read_text()

@@ -51,21 +51,10 @@ from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
 from stock_assets_tests.test_sensors import HOSTILE_KEYS
 
 INTERVAL_SECONDS = DEFAULT_INTERVAL_SECONDS  # what a deployment gets unless told otherwise
-SENSORS = ("success_marker_sensor", "sns_on_pipeline_success", "sns_on_pipeline_failure")
 NAMING = Naming()
 SUCCESS_SUBJECT = "Dora_Explorer_Pipeline_Success"
 FAILURE_SUBJECT = "Dora_Explorer_Pipeline_Failure"
 
-TICKS = """
-query($selector: SensorSelector!) {
-  sensorOrError(sensorSelector: $selector) {
-    __typename
-    ... on Sensor { sensorState { status ticks(limit: 50) {
-      status timestamp runIds error { message }
-    } } }
-  }
-}
-"""
 # What SNS itself answers when it is unavailable (the query protocol's error document).
 SNS_UNAVAILABLE = (
     b'<ErrorResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/"><Error><Type>Receiver</Type>'
@@ -77,25 +66,11 @@ STORM_TICKS = 3  # ticks that must have started runs before the storm stops
 
 
 def ticks(deployment: DagsterDeployment, sensor: str) -> list[dict[str, Any]]:
-    selector = {
-        "repositoryLocationName": "stock_assets",
-        "repositoryName": "__repository__",
-        "sensorName": sensor,
-    }
-    result = deployment.graphql(TICKS, {"selector": selector})["sensorOrError"]
-    assert result["__typename"] == "Sensor", result
-    return result["sensorState"]["ticks"]
+    return deployment.ticks(sensor)
 
 
 def wait_for_ticks(deployment: DagsterDeployment, sensor: str, after: float, count: int = 1):
-    """Wait until `sensor` has completed `count` ticks that started after `after` (epoch s)."""
-    wait_until(
-        lambda: sum(
-            1 for t in ticks(deployment, sensor)
-            if t["timestamp"] > after and t["status"] != "STARTED"
-        ) >= count,
-        f"{count} tick(s) of {sensor}",
-    )  # fmt: skip
+    deployment.wait_for_ticks(sensor, after, count)
 
 
 def instance(deployment: DagsterDeployment):
@@ -106,11 +81,7 @@ def instance(deployment: DagsterDeployment):
 
 
 def marker_runs(deployment: DagsterDeployment, key: str) -> list:
-    runs = instance(deployment).get_runs(
-        filters=RunsFilter(tags={"dagster/sensor_name": "success_marker_sensor"})
-    )
-    # Tags hold long keys shortened (with a hash of the whole key).
-    return [r for r in runs if shorten_key(key) in json.loads(r.tags.get(MARKER_KEYS_TAG, "[]"))]
+    return deployment.marker_runs(key)
 
 
 def messages(stack: LocalStack) -> list[SentMessage]:
@@ -188,10 +159,7 @@ def deployment(
     )
     try:
         deployment.start()
-        # A run-status sensor's first tick only records where the event log is: runs that end
-        # before it would never be notified. Wait for every sensor's first tick.
-        for sensor in SENSORS:
-            wait_for_ticks(deployment, sensor, after=0)
+        deployment.wait_for_sensors()
         yield deployment
     finally:
         deployment.stop()
