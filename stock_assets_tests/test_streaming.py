@@ -150,6 +150,25 @@ def test_duplicates_counted_per_batch_when_each_batch_holds_whole_companies():
     spanning.add(full.slice(5))
     assert spanning._duplicates is None
     assert spanning.duplicates(full) == whole
+    # Told that one file feeds each company (no shared companies), the profile keeps no per-row
+    # keys, so its memory does not grow with the rows, and still counts the same.
+    lean = quality.OutputProfile(shared_companies=set())
+    offset = 0
+    for batch in batches:
+        lean.add(full.slice(offset, batch.num_rows))
+        offset += batch.num_rows
+    assert lean._keys == [] and lean.duplicates(full) == whole
+    # A company spanning batches that nobody announced is an error, not a wrong count.
+    wrong = quality.OutputProfile(shared_companies=set())
+    wrong.add(full.slice(0, 5))
+    wrong.add(full.slice(5))
+    with pytest.raises(RuntimeError, match="spans batches"):
+        wrong.duplicates(full)
+    # With a shared company the keys are kept for the sort over all of them.
+    shared = quality.OutputProfile(shared_companies={"c1"})
+    shared.add(full.slice(0, 5))
+    shared.add(full.slice(5))
+    assert shared.duplicates(full) == whole
 
 
 def test_pipelined_load_commits_exactly_the_streamed_csv(clean_stack, db):

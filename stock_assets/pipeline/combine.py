@@ -65,7 +65,7 @@ class OutputCombiner:
 
     def __init__(self, file_names: Iterable[str], keep_tables: bool = True) -> None:
         counts = Counter(company_name(name) for name in file_names)
-        self._shared = {company for company, n in counts.items() if n > 1}
+        self.shared_companies = {company for company, n in counts.items() if n > 1}
         self._dates_by_company: dict[str, set[str]] = {}
         self._files: list[FileResult] = []
         self._tables: list[pa.Table] = []
@@ -78,7 +78,7 @@ class OutputCombiner:
         self._files.append(result)
         if result.table is None or result.table.num_rows == 0:
             return None
-        if result.company in self._shared:
+        if result.company in self.shared_companies:
             result.table = self._drop_dates_seen(result)
         table = result.table
         if self._head.num_rows < HEAD_ROWS:

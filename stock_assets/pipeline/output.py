@@ -138,7 +138,7 @@ def build_output(
     # The rows are written out as they come: keeping every file's table as well would hold the
     # whole output in memory a second time.
     combiner = OutputCombiner(file_names, keep_tables=False)
-    profile = OutputProfile()
+    profile = OutputProfile(combiner.shared_companies)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="profile") as checker:
         profiled: list[Future[None]] = []
         csv_output = CsvOutput(

@@ -247,7 +247,10 @@ class OutputProfile:
     Duplicate keys are counted batch by batch too, while no company has rows in two batches
     (the pipeline's batches hold whole files, one company each): then no key can repeat across
     batches, and the end of the run does not wait for a sort of every key. Once a company spans
-    batches, `duplicates` sorts all the keys gathered on the way instead.
+    batches, `duplicates` sorts all the keys gathered on the way instead. `shared_companies`:
+    the companies more than one input file feeds (the pipeline knows them from the file names);
+    when there are none, no company can span batches and the keys (8 bytes a row, the bulk of a
+    run's growth with its input) are not kept. None: not known, keep them.
     """
 
     ROW_FINDINGS = {
@@ -256,7 +259,8 @@ class OutputProfile:
         "zero_volume": zero_volume_rows,
     }
 
-    def __init__(self) -> None:
+    def __init__(self, shared_companies: set[str] | None = None) -> None:
+        self._keep_keys = shared_companies is None or bool(shared_companies)
         self.rows = 0
         self.findings: dict[str, Finding] = {name: Finding(0) for name in self.ROW_FINDINGS}
         self.format_problems: dict[str, Finding] = {}
@@ -274,7 +278,8 @@ class OutputProfile:
             self.format_problems[column] = _merge(self.format_problems.get(column), problem)
         self.rows_per_year.update(rows_per_year(batch))
         keys = _row_keys(batch, self._company_ids, self.rows, parsed)
-        self._keys.append(keys)
+        if self._keep_keys:
+            self._keys.append(keys)
         self.rows += batch.num_rows
         if self._duplicates is not None:
             companies = set(pc.unique(batch["company_name"]).to_pylist())
@@ -290,6 +295,8 @@ class OutputProfile:
             raise ValueError(f"{self.rows} rows profiled, the table has {table.num_rows}")
         if self._duplicates is not None:
             return self._duplicates
+        if not self._keep_keys:
+            raise RuntimeError("a company spans batches, but none was expected to: keys not kept")
         keys = np.concatenate(self._keys) if self._keys else np.empty(0, np.int64)
         return _duplicates_among(None, keys, {i: name for name, i in self._company_ids.items()})
 
