@@ -55,6 +55,7 @@ INTERVAL_ENV = "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS"
 # ago. An interval of exactly 5 s loses to that loop's jitter: a tick a few milliseconds early is
 # skipped and the sensor waits 10 s (marker → run start was 11 s). Under 5 s, every loop
 # evaluates the sensors; a longer interval adds its length to marker → run and run end → email.
+DAEMON_SENSOR_LOOP_SECONDS = 5  # MIN_INTERVAL_LOOP_TIME: no tick comes sooner than this
 DEFAULT_INTERVAL_SECONDS = 3
 UI_URL_ENV = "STOCK_ASSETS_UI_URL"
 DEFAULT_UI_URL = "http://127.0.0.1:3000"

@@ -328,7 +328,7 @@ def drop_marker(s3: Any, bucket: str, key: str) -> dict[str, str]:
 def cli_trigger(args: Any) -> int:
     import boto3
 
-    from stock_assets.notifications import sensor_interval_seconds
+    from stock_assets.notifications import DAEMON_SENSOR_LOOP_SECONDS, sensor_interval_seconds
 
     naming = Naming.from_env()
     try:
@@ -340,7 +340,7 @@ def cli_trigger(args: Any) -> int:
     print(
         f"dropped s3://{marker['bucket']}/{marker['key']} (ETag {marker['etag']}); "
         "success_marker_sensor starts stock_pipeline_job within "
-        f"~{max(5, sensor_interval_seconds())}s "
+        f"~{max(DAEMON_SENSOR_LOOP_SECONDS, sensor_interval_seconds())}s "
         "if the Dagster daemon is running"
     )
     return 0

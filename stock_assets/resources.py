@@ -93,6 +93,7 @@ class PostgresResource(ConfigurableResource):
 
 
 SHARDS_ENV = "STOCK_ASSETS_SHARDS"
+DEFAULT_SHARDS = 4
 
 
 class PipelineSettings(ConfigurableResource):
@@ -118,7 +119,9 @@ class PipelineSettings(ConfigurableResource):
     )
 
     shards: int = Field(
-        default=4, ge=1, description="Shard steps of stock_pipeline_sharded_job (1: one step)"
+        default=DEFAULT_SHARDS,
+        ge=1,
+        description="Shard steps of stock_pipeline_sharded_job (1: one step)",
     )
 
     @property
@@ -127,7 +130,7 @@ class PipelineSettings(ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> PipelineSettings:
-        shards = int(os.environ.get(SHARDS_ENV) or 4)
+        shards = int(os.environ.get(SHARDS_ENV) or DEFAULT_SHARDS)
         return cls(**Naming.from_env().settings(), shards=shards)
 
     def run_config(

@@ -71,7 +71,7 @@ class OutputCombiner:
         self._tables: list[pa.Table] = []
         self._cross: list[RejectedRow] = []
         self._keep_tables = keep_tables
-        self._head = _empty_output()
+        self._head = empty_output()
 
     def add(self, result: FileResult) -> pa.Table | None:
         """Take one file's result; returns the rows it adds to the output (None: none)."""
@@ -112,7 +112,7 @@ class OutputCombiner:
     def result(self) -> CombinedOutput:
         table = None
         if self._keep_tables:
-            table = pa.concat_tables(self._tables) if self._tables else _empty_output()
+            table = pa.concat_tables(self._tables) if self._tables else empty_output()
         head = self._head.slice(0, HEAD_ROWS).combine_chunks()
         return CombinedOutput(table, self._files, self._cross, head)
 
@@ -126,6 +126,6 @@ def combine(results: Iterable[FileResult]) -> CombinedOutput:
     return combiner.result()
 
 
-def _empty_output() -> pa.Table:
+def empty_output() -> pa.Table:
     # Not `OUTPUT_SCHEMA.empty_table()`: that imports pandas, a third of a second of every run.
     return pa.Table.from_batches([], schema=OUTPUT_SCHEMA)

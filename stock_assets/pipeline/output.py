@@ -106,7 +106,7 @@ class CsvOutput:
     @property
     def fingerprint(self) -> str:
         """`content_fingerprint` of the bytes written so far."""
-        return _short_digest(self._sha256)
+        return short_digest(self._sha256)
 
     def body(self) -> IO[bytes]:
         """The whole CSV as a file object at its start, for an upload (seekable, so botocore
@@ -167,10 +167,10 @@ def csv_byte_length(table: pa.Table) -> int:
 
 def content_fingerprint(data: bytes) -> str:
     """A short, stable fingerprint of the CSV's bytes (shown in the UI, used as data version)."""
-    return _short_digest(hashlib.sha256(data))
+    return short_digest(hashlib.sha256(data))
 
 
-def _short_digest(digest: hashlib._Hash) -> str:
+def short_digest(digest: hashlib._Hash) -> str:
     return digest.hexdigest()[:16]
 
 

@@ -288,10 +288,10 @@ def _publish_csv(
             RUN_META: config.run_id,
         },
     )
-    return _version(response)
+    return object_version(response)
 
 
-def _version(response: dict[str, Any]) -> str:
+def object_version(response: dict[str, Any]) -> str:
     return response.get("VersionId") or response["ETag"].strip('"')
 
 
@@ -358,7 +358,7 @@ def load_table_from_object(config: RunConfig, client: Any, connect: Connect) -> 
             ),
         ]
         record = LoadRecord(
-            config.run_id, config.triggered_by, started_at, csv_version=_version(head),
+            config.run_id, config.triggered_by, started_at, csv_version=object_version(head),
             content_checksum=f"crc32-sum:{meta[CRC32_META]}" if CRC32_META in meta else None,
         )  # fmt: skip
         commit_load(table, lambda: load_csv(conn, reader, checks, config.table, record=record))

@@ -18,7 +18,7 @@ import pyarrow.csv as pv
 from psycopg2 import sql
 
 from stock_assets.pipeline.columns import OUTPUT_COLUMNS
-from stock_assets.pipeline.combine import CombinedOutput, _empty_output
+from stock_assets.pipeline.combine import CombinedOutput, empty_output
 from stock_assets.pipeline.ledger import LoadRecord
 from stock_assets.pipeline.load import (
     LoadCheckFailed,
@@ -26,6 +26,7 @@ from stock_assets.pipeline.load import (
     check_no_duplicate_keys,
     check_table_matches_csv,
 )
+from stock_assets.pipeline.output import short_digest
 from stock_assets.pipeline.quality import ChecksummingReader, OutputProfile, checksum_algorithm
 from stock_assets.pipeline.records import FileResult
 from stock_assets.pipeline.run import (
@@ -40,6 +41,7 @@ from stock_assets.pipeline.run import (
     RunConfig,
     TableOutcome,
     commit_load,
+    object_version,
     read_preview,
     write_rejects,
 )
@@ -104,12 +106,9 @@ def _finish(
         problems = "; ".join(f"shard {s.index}: {s.error}" for s in failed)
         raise ShardFailed(f"{problems}. Nothing was published: the CSV and the table are unchanged")
     oversized = [o for s in shards for o in s.oversized]
-    limits = input_limits(len(names), config.max_files, config.max_file_bytes)
+    largest = max((size for _, size in oversized), default=0)
+    limits = input_limits(len(names), config.max_files, config.max_file_bytes, oversized, largest)
     if oversized:
-        largest = max(size for _, size in oversized)
-        limits = input_limits(
-            len(names), config.max_files, config.max_file_bytes, oversized, largest
-        )
         return ShardedOutcome(CsvOutcome([limits], len(names)))
     order = {name: i for i, name in enumerate(names)}
     by_name = {f.file_name: f for s in shards for f in s.files}
@@ -264,14 +263,14 @@ def _upload_merged(
                 Bucket=config.bucket, Key=key, UploadId=upload["UploadId"]
             )
         raise
-    return AssembledCsv(stream.lines, size, digest.hexdigest()[:16]), _head(head.split(b"\n")[:5])
+    return AssembledCsv(stream.lines, size, short_digest(digest)), _head(head.split(b"\n")[:5])
 
 
 def _head(lines: list[bytes]) -> pa.Table:
     """The first output rows as the single path's preview table."""
     text = b"".join(line + b"\n" for line in lines if line)
     if not text:
-        return _empty_output()
+        return empty_output()
     options = pv.ConvertOptions(
         column_types=dict.fromkeys(OUTPUT_COLUMNS, pa.string()),
         strings_can_be_null=True,
@@ -300,5 +299,4 @@ def _publish(client: Any, config: RunConfig, csv: AssembledCsv, crc32: int, dupl
             },
         },
     )
-    head = client.head_object(Bucket=config.bucket, Key=OUTPUT_KEY)
-    return head.get("VersionId") or head["ETag"].strip('"')
+    return object_version(client.head_object(Bucket=config.bucket, Key=OUTPUT_KEY))
