@@ -15,17 +15,23 @@ from stock_assets_tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.stack
 
 
-def test_quick_benchmark_runs_and_writes_the_expected_report(tmp_path):
+def run_quick(module: str, tmp_path, stem: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+    """`python -m <module> --quick --out tmp_path`; it must succeed. (its process, the JSON
+    report `<stem>.json`, the Markdown `<stem>.md`)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", module, "--quick", "--out", str(tmp_path)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "quick.json").read_text())
-    markdown = (tmp_path / "quick.md").read_text()
+    report = json.loads((tmp_path / f"{stem}.json").read_text())
+    return proc, report, (tmp_path / f"{stem}.md").read_text()
+
+
+def test_quick_benchmark_runs_and_writes_the_expected_report(tmp_path):
+    proc, report, markdown = run_quick("benchmarks.run", tmp_path, "quick")
     assert report["summary"] in proc.stdout.splitlines()[-1]
     assert report["summary"] in markdown
 
@@ -117,16 +123,7 @@ def test_quick_benchmark_runs_and_writes_the_expected_report(tmp_path):
 def test_quick_scaling_series_runs_both_paths_and_verifies_them(tmp_path):
     """`python -m benchmarks.scaling --quick`: 20 and 40 files, the single path and the sharded
     one (N = 2, multiprocess executor), each run verified and reported."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.scaling", "--quick", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "scaling-quick.json").read_text())
-    markdown = (tmp_path / "scaling-quick.md").read_text()
+    _, report, markdown = run_quick("benchmarks.scaling", tmp_path, "scaling-quick")
     assert report["verified"] is True
     assert {"cpus", "load_average_before", "versions", "git_commit"} <= report["conditions"].keys()
     assert [d["files"] for d in report["dataset"]] == [20, 40]
@@ -156,18 +153,10 @@ def test_quick_scaling_series_runs_both_paths_and_verifies_them(tmp_path):
 def test_quick_latency_report_times_a_marker_through_a_real_deployment(tmp_path):
     """`python -m benchmarks.latency --quick`: one marker through the webserver and the daemon;
     its run succeeds, exactly one email, and both latencies are reported (no timing target)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.latency", "--quick", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "latency-quick.json").read_text())
+    _, report, markdown = run_quick("benchmarks.latency", tmp_path, "latency-quick")
     [point] = report["points"]
     assert point["status"] == "SUCCESS" and point["messages_for_the_run"] == 1
     assert report["summary"]["verified"] is True
     assert point["marker_to_run_start_seconds"] > 0 and point["run_end_to_email_seconds"] >= 0
     assert point["marker_to_email_seconds"] >= point["marker_to_run_start_seconds"]
-    assert "marker → run start" in (tmp_path / "latency-quick.md").read_text()
+    assert "marker → run start" in markdown
