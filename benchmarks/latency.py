@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run import RESULTS_DIR, _log, _machine
+from stock_assets_tests.deployment import wait_until
 
 POLL_SECONDS = 0.1
 HEADER = (
@@ -33,14 +34,8 @@ HEADER = (
 )
 
 
-def _wait(predicate, what: str, timeout: float = 300, poll: float = POLL_SECONDS):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+def _wait(predicate, what: str, timeout: float = 300):
+    return wait_until(predicate, what, timeout, poll=POLL_SECONDS)
 
 
 def _measure_marker(deployment: Any, instance: Any, stack: Any, key: str) -> dict[str, Any]:

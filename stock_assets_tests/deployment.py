@@ -31,14 +31,14 @@ BIN = Path(sys.executable).parent
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], what: str, timeout: float = 240) -> T:
+def wait_until(predicate: Callable[[], T], what: str, timeout: float = 240, poll: float = 1.0) -> T:
     """Poll until `predicate()` is truthy; the machine may be busy, so timeouts are generous."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(1)
+        time.sleep(poll)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
