@@ -6,7 +6,9 @@ AWS endpoints and credentials come from boto3's own variables (`AWS_ENDPOINT_URL
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from contextlib import AbstractContextManager, closing
 from dataclasses import fields
 from typing import Any
@@ -31,6 +33,23 @@ from stock_assets.settings import (
     Naming,
 )
 
+# One boto3 session per process and profile: a new session parses botocore's endpoint and
+# service-model JSON again for its first client, and a run makes several clients (Dagster builds
+# one per step for `context.resources`, each asset one more). Sessions are not thread-safe:
+# clients are made under a lock, and the clients themselves are.
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _session(profile_name: str | None) -> boto3.session.Session:
+    return boto3.session.Session(profile_name=profile_name)
+
+
+def aws_client(service: str, profile_name: str | None = None, **kwargs: Any) -> Any:
+    """A boto3 client from the process's shared session (see `_session`)."""
+    with _SESSION_LOCK:
+        return _session(profile_name).client(service, **kwargs)
+
 
 class StockS3Resource(S3Resource):
     """dagster-aws's S3Resource with botocore's "standard" retries (`max_attempts` in all), and
@@ -42,9 +61,9 @@ class StockS3Resource(S3Resource):
     max_pool_connections: int = Field(default=32)
 
     def get_client(self) -> Any:
-        session = boto3.session.Session(profile_name=self.profile_name)
-        return session.client(
+        return aws_client(
             "s3",
+            self.profile_name,
             region_name=self.region_name,
             endpoint_url=self.endpoint_url,
             use_ssl=self.use_ssl,
@@ -170,7 +189,7 @@ class SNSResource(ConfigurableResource):
             retries={"mode": "standard", "total_max_attempts": self.max_attempts},
         )
         region = self.region_name or os.environ.get("AWS_REGION") or None
-        return boto3.client("sns", region_name=region, config=config)
+        return aws_client("sns", region_name=region, config=config)
 
     def publish(self, subject: str, message: str) -> str:
         """Publish once; returns the SNS message id (see `stock_assets.sns.publish`)."""

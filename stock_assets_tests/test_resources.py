@@ -14,3 +14,20 @@ def test_the_s3_client_signs_with_sigv4_unless_told_to_use_no_signature(local_st
     assert unsigned.meta.config.signature_version is UNSIGNED
     url = unsigned.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
     assert "Signature" not in url
+
+
+def test_clients_from_the_shared_session_still_follow_the_environment(local_stack, monkeypatch):
+    """The process keeps one boto3 session (its clients are cheaper to make); a client made
+    after the endpoint or region changed must use the new ones, as a fresh session would."""
+    from stock_assets.resources import SNSResource, StockS3Resource
+
+    first = StockS3Resource().get_client()
+    assert first.meta.endpoint_url == local_stack.env["AWS_ENDPOINT_URL"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, "ap-southeast-2")
+    later = StockS3Resource().get_client()
+    assert later.meta.endpoint_url == "http://127.0.0.1:9"
+    assert later.meta.region_name == "ap-southeast-2"
+    assert SNSResource(topic="t").get_client().meta.endpoint_url == "http://127.0.0.1:9"
+    assert first.meta.endpoint_url == local_stack.env["AWS_ENDPOINT_URL"]  # made earlier, unchanged
