@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,15 @@ class HttpFault:
         if self.method and method != self.method:
             return False
         return not (self.path_contains and self.path_contains not in path)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that gave up (its timeout, the point of a slow fault) closes the connection
+    while the answer is still being written: expected here, not worth a traceback."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -103,7 +113,7 @@ class FaultyHttpProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
