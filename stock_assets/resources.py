@@ -6,14 +6,11 @@ AWS endpoints and credentials come from boto3's own variables (`AWS_ENDPOINT_URL
 
 from __future__ import annotations
 
-import functools
 import os
-import threading
 from contextlib import AbstractContextManager, closing
 from dataclasses import fields
 from typing import Any
 
-import boto3
 import psycopg2
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -22,6 +19,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from stock_assets import sns
+from stock_assets.aws import aws_client
 from stock_assets.database import psycopg2_dsn, redact_url
 from stock_assets.notifications import sanitise_subject
 from stock_assets.pipeline.run import RunConfig
@@ -32,23 +30,6 @@ from stock_assets.settings import (
     TABLE_NAME,
     Naming,
 )
-
-# One boto3 session per process and profile: a new session parses botocore's endpoint and
-# service-model JSON again for its first client, and a run makes several clients (Dagster builds
-# one per step for `context.resources`, each asset one more). Sessions are not thread-safe:
-# clients are made under a lock, and the clients themselves are.
-_SESSION_LOCK = threading.Lock()
-
-
-@functools.cache
-def _session(profile_name: str | None) -> boto3.session.Session:
-    return boto3.session.Session(profile_name=profile_name)
-
-
-def aws_client(service: str, profile_name: str | None = None, **kwargs: Any) -> Any:
-    """A boto3 client from the process's shared session (see `_session`)."""
-    with _SESSION_LOCK:
-        return _session(profile_name).client(service, **kwargs)
 
 
 class StockS3Resource(S3Resource):

@@ -1,0 +1,26 @@
+"""boto3 clients from one session per process (Dagster-free; the resources use it)."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+import boto3
+
+# One boto3 session per process and profile: a new session parses botocore's endpoint and
+# service-model JSON again for its first client, and a run makes several clients (Dagster builds
+# one per step for `context.resources`, each asset one more). Sessions are not thread-safe:
+# clients are made under a lock, and the clients themselves are.
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _session(profile_name: str | None) -> boto3.session.Session:
+    return boto3.session.Session(profile_name=profile_name)
+
+
+def aws_client(service: str, profile_name: str | None = None, **kwargs: Any) -> Any:
+    """A boto3 client from the process's shared session (see `_session`)."""
+    with _SESSION_LOCK:
+        return _session(profile_name).client(service, **kwargs)
