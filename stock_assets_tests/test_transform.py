@@ -167,3 +167,24 @@ def test_a_header_only_file_is_read_as_zero_rows_with_or_without_a_newline(data)
     result = transform_file("h.us.csv", data)
     assert result.skip_reason is None  # docs/reliability.md: "header only: read with 0 rows"
     assert result.rows_read == 0 and result.rejected == [] and not lines_of(result)
+
+
+def test_pandas_still_works_in_a_run_process_after_the_run_settled_pyarrows_check():
+    # The run lets pyarrow's implicit "is this pandas?" check find no pandas; a user's own
+    # pandas code in the same process (an asset, a notebook) must still work, both ways.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from stock_assets.pipeline.run import _settle_pyarrow_pandas_check\n"
+        "_settle_pyarrow_pandas_check()\n"
+        "assert 'pandas' not in sys.modules\n"
+        "frame = pa.table({'a': [1, 2]}).to_pandas()\n"
+        "import pandas as pd\n"
+        "assert pa.Table.from_pandas(pd.DataFrame({'a': [1, 2]})).equals(pa.table({'a': [1, 2]}))\n"
+        "assert list(frame['a']) == [1, 2]\n"
+        "assert pa.array(pd.Series([1.5])).to_pylist() == [1.5]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -80,7 +80,9 @@ def check_table_matches_csv(
 
     def check(cursor: Any, table: str) -> Verdict:
         algorithm = reader.server_algorithm
-        cursor.execute(sql.SQL(table_checksum_sql(algorithm)).format(table=sql.Identifier(table)))
+        encoding = cursor.connection.get_parameter_status("server_encoding")
+        query = table_checksum_sql(algorithm, encoding)
+        cursor.execute(sql.SQL(query).format(table=sql.Identifier(table)))
         rows, table_checksum = (int(value) for value in cursor.fetchone())
         streamed = reader.checksums
         metadata: dict[str, Any] = {

@@ -405,17 +405,25 @@ class ChecksummingReader:
         self.lines += len(lines)
 
 
-_ROW_AS_CSV_LINE = """convert_to(concat_ws(',',
+_ROW_AS_TEXT = """concat_ws(',',
     stock_date, open_value, high_value, low_value, close_value, volume_traded,
-    coalesce(daily_percent_change, ''), value_change, company_name), 'UTF8')"""
+    coalesce(daily_percent_change, ''), value_change, company_name)"""
 
 _TABLE_HASHES = {
-    "crc32": f"crc32({_ROW_AS_CSV_LINE})",
-    "md5": f"('x' || left(md5({_ROW_AS_CSV_LINE}), 16))::bit(64)::bigint",
+    "crc32": "crc32({line})",
+    "md5": "('x' || left(md5({line}), 16))::bit(64)::bigint",
 }
 
 
-def table_checksum_sql(algorithm: str) -> str:
+def table_checksum_sql(algorithm: str, server_encoding: str = "UTF8") -> str:
     """The row count and the same sum on the server, each row printed as its CSV line (NULL →
-    empty), in one scan of the table."""
-    return f"SELECT count(*), coalesce(sum({_TABLE_HASHES[algorithm]}), 0) FROM {{table}}"
+    empty) in UTF-8, in one scan of the table."""
+    # A UTF-8 database's text already is those bytes: textsend hands them over without the
+    # conversion convert_to makes (a tenth of the scan).
+    line = (
+        f"textsend({_ROW_AS_TEXT})"
+        if server_encoding == "UTF8"
+        else f"convert_to({_ROW_AS_TEXT}, 'UTF8')"
+    )
+    hashed = _TABLE_HASHES[algorithm].format(line=line)
+    return f"SELECT count(*), coalesce(sum({hashed}), 0) FROM {{table}}"

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import gc
 import itertools
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -151,6 +152,7 @@ def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None)
     started, started_at = time.perf_counter(), datetime.now(UTC)
     _use_jemalloc()
     _freeze_startup_objects()
+    _settle_pyarrow_pandas_check()
     company_filter = read_filter(client, config.bucket, config.max_files)
     names = company_filter.files
     limits = input_limits(len(names), config.max_files, config.max_file_bytes)
@@ -228,6 +230,32 @@ def _freeze_startup_objects() -> None:
     Otherwise each full collection during the run, and those Python makes at exit, walk them
     all again (the time it saves: benchmarks/results/README.md)."""
     gc.freeze()
+
+
+class _NoPandasForImplicitChecks:
+    """An import finder that refuses `pandas`, installed only while pyarrow settles its check."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas":
+            raise ImportError("pandas is not needed by the run's pyarrow calls")
+
+
+@functools.cache  # once per process
+def _settle_pyarrow_pandas_check() -> None:
+    """pyarrow asks "is this a pandas object?" on the first `pa.array()` and imports pandas to
+    answer, where pandas is installed: a third of a second holding the GIL, in the middle of the
+    transformation (figures: benchmarks/results/README.md). The run never hands pyarrow a pandas
+    object, so let that first check find no pandas. Only the implicit checks are settled: an
+    explicit `to_pandas()` or `from_pandas()` later imports pandas as usual. Nothing to do where
+    pandas is already imported."""
+    if "pandas" in sys.modules:
+        return
+    finder = _NoPandasForImplicitChecks()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([])
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def read_files(
