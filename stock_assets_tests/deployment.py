@@ -7,6 +7,7 @@ webserver's GraphQL API, as the UI, the Airflow DAG or a sensor would do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,6 +41,25 @@ def wait_until(predicate: Callable[[], T], what: str, timeout: float = 240, poll
             return value
         time.sleep(poll)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _end_session(session: int, grace: float = 5.0) -> None:
+    """Stop whatever is left of a process's session once the process itself has exited: a code
+    server the webserver or the daemon started (`dagster api grpc`) outlived them otherwise,
+    for hours after a test, heartbeat or not."""
+    try:
+        os.killpg(session, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return  # nothing left
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(session, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(session, signal.SIGKILL)
 
 
 def _reset_signals() -> None:
@@ -158,17 +178,22 @@ class DagsterDeployment:
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=_reset_signals,
+            # Its own session: the code servers it starts can be found and stopped with it.
+            start_new_session=True,
         )
 
     def _stop(self, name: str) -> None:
         process = self.processes.pop(name, None)
-        if process and process.poll() is None:
+        if process is None:
+            return
+        if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        _end_session(process.pid)
 
     def stop(self) -> None:
         # Newest first: the webserver and daemon before a code server they depend on.
