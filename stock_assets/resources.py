@@ -16,7 +16,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from stock_assets import sns
 from stock_assets.aws import aws_client
@@ -40,8 +40,16 @@ class StockS3Resource(S3Resource):
     connect_timeout_seconds: float = Field(default=5.0)
     read_timeout_seconds: float = Field(default=30.0)
     max_pool_connections: int = Field(default=32)
+    _client: Any = PrivateAttr(default=None)
 
     def get_client(self) -> Any:
+        # One client per resource instance (boto3 clients are thread-safe): Dagster asks for
+        # one for each step's `context.resources`, and each asset asks once more.
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    def _new_client(self) -> Any:
         return aws_client(
             "s3",
             self.profile_name,
@@ -62,6 +70,10 @@ class StockS3Resource(S3Resource):
                 # told; regions opened since 2014 accept only SigV4). dagster-aws's
                 # use_unsigned_session (public buckets) is honoured: no signature at all.
                 signature_version=UNSIGNED if self.use_unsigned_session else "s3v4",
+                # Uploads are not hashed into the signature, as botocore already does over
+                # HTTPS (AWS); over a plain-HTTP endpoint it would SHA-256 the whole CSV body
+                # once more. Each upload keeps its CRC32 checksum, which the server verifies.
+                s3={"payload_signing_enabled": False},
             ),
         )
 
