@@ -9,10 +9,11 @@ from typing import Any
 import boto3
 
 # One boto3 session per process and profile: a new session parses botocore's endpoint and
-# service-model JSON again for its first client, and a run makes several clients (Dagster builds
-# one per step for `context.resources`, each asset one more). Sessions are not thread-safe:
-# clients are made under a lock, and the clients themselves are. Endpoint and region are read
-# from the environment for each client; credentials once per process (a role's refresh themselves).
+# service-model JSON again for its first client, and a process makes several clients (the S3
+# resource keeps one per instance; SNS, the sensors and the CLI make their own). Sessions are
+# not thread-safe: clients are made under a lock, and the clients themselves are. Endpoint and
+# region are read from the environment for each client; credentials once per process (a role's
+# refresh themselves).
 _SESSION_LOCK = threading.Lock()
 
 
