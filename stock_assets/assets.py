@@ -1,7 +1,7 @@
-"""The four assets, thin wiring over `stock_assets.pipeline.run`: raw_stock_files + top_companies
-→ historical_stock_data_csv → historical_stocks_data (the last two one multi-asset step that
-can also make either alone). Each reads its inputs from S3 (no I/O manager), so any of them can
-be (re)materialised alone from the UI."""
+"""The four assets, thin wiring over `stock_assets.pipeline.run`: raw_stock_files (observed) and
+top_companies → historical_stock_data_csv → historical_stocks_data. The last three are one
+multi-asset step that can also make any of them alone; each reads its inputs from S3 (no I/O
+manager), so any of them can be (re)materialised alone from the UI."""
 
 from dagster import (
     AssetExecutionContext,
@@ -30,6 +30,7 @@ from stock_assets.metadata import (
     TABLE,
     TABLE_SPEC,
     TOP_COMPANIES,
+    TOP_COMPANIES_SPEC,
     VIEW,
     VIEW_SPEC,
     csv_metadata,
@@ -40,6 +41,7 @@ from stock_assets.metadata import (
     view_metadata,
 )
 from stock_assets.notifications import describe_trigger
+from stock_assets.pipeline.companies import CompanyFilter
 from stock_assets.pipeline.ledger import create_view
 from stock_assets.pipeline.output import content_fingerprint
 from stock_assets.pipeline.parquet import write_parquet_copy
@@ -47,6 +49,7 @@ from stock_assets.pipeline.run import (
     CsvObjectError,
     CsvOutcome,
     FilterError,
+    RunConfig,
     TableOutcome,
     load_table_from_object,
     read_filter,
@@ -74,36 +77,10 @@ def raw_stock_files(s3: StockS3Resource, settings: PipelineSettings) -> ObserveR
     )
 
 
-@asset(
-    key=TOP_COMPANIES,
-    group_name=GROUP,
-    kinds={"s3"},
-    check_specs=TOP_COMPANIES_CHECKS,
-    description="`CompanyNames/top_companies.txt`, parsed and validated into the ordered list "
-    "of files to process.",
-)
-def top_companies(s3: StockS3Resource, settings: PipelineSettings):
-    bucket = settings.naming.source_bucket
-    try:
-        company_filter = read_filter(s3.get_client(), bucket, settings.max_files)
-    except FilterError as err:
-        yield check_result(
-            TOP_COMPANIES, Verdict("filter_file_valid", False, {"problem": str(err)})
-        )
-        raise Failure(str(err)) from err
-    yield MaterializeResult(
-        metadata=filter_metadata(company_filter, bucket),
-        data_version=DataVersion(content_fingerprint("\n".join(company_filter.files).encode())),
-        check_results=[
-            check_result(TOP_COMPANIES, filter_file_valid(company_filter, settings.max_files))
-        ],
-    )
-
-
 @multi_asset(
     name="historical_stock_data",
-    specs=[CSV_SPEC, TABLE_SPEC, VIEW_SPEC],
-    check_specs=[*CSV_CHECKS, *TABLE_CHECKS],
+    specs=[TOP_COMPANIES_SPEC, CSV_SPEC, TABLE_SPEC, VIEW_SPEC],
+    check_specs=[*TOP_COMPANIES_CHECKS, *CSV_CHECKS, *TABLE_CHECKS],
     can_subset=True,
 )
 def historical_stock_data(
@@ -112,17 +89,28 @@ def historical_stock_data(
     postgres: PostgresResource,
     settings: PipelineSettings,
 ):
-    """The output CSV and the table, one step when both are materialised: the table is loaded
-    while the CSV is made and commits only after the CSV passed its checks and was uploaded.
-    The CSV alone: made and uploaded. The table alone: loaded from the CSV object in S3."""
+    """The filter, the output CSV and the table, one step when all are materialised: the filter
+    is read once, so top_companies records exactly what the CSV was made from; the table is
+    loaded while the CSV is made and commits only after the CSV passed its checks and was
+    uploaded. Alone: the filter parsed; the CSV made and uploaded; the table loaded from the CSV
+    object in S3."""
     trigger = describe_trigger(context.run.tags)
     config = settings.run_config(context.run_id, postgres.table, s3.verify, trigger)
     client, selected, table = s3.get_client(), context.selected_asset_keys, None
-    if CSV in selected:
-        try:
+    try:
+        if CSV in selected:
             result = run_pipeline(config, client, postgres.connect if TABLE in selected else None)
-        except FilterError as err:
-            raise Failure(str(err)) from err
+            company_filter = result.company_filter
+        elif TOP_COMPANIES in selected:
+            company_filter = read_filter(client, config.bucket, config.max_files)
+    except FilterError as err:
+        if TOP_COMPANIES in selected:
+            problem = {"problem": str(err)}
+            yield check_result(TOP_COMPANIES, Verdict("filter_file_valid", False, problem))
+        raise Failure(str(err)) from err
+    if TOP_COMPANIES in selected:
+        yield filter_result(company_filter, config)
+    if CSV in selected:
         yield from csv_events(context, result.csv, config.bucket)
         table = result.table
     elif TABLE in selected:
@@ -137,6 +125,17 @@ def historical_stock_data(
             create_view(conn, postgres.table)
     if VIEW in selected:
         yield MaterializeResult(asset_key=VIEW, metadata=view_metadata(table, postgres.table))
+
+
+def filter_result(company_filter: CompanyFilter, config: RunConfig) -> MaterializeResult:
+    return MaterializeResult(
+        asset_key=TOP_COMPANIES,
+        metadata=filter_metadata(company_filter, config.bucket),
+        data_version=DataVersion(content_fingerprint("\n".join(company_filter.files).encode())),
+        check_results=[
+            check_result(TOP_COMPANIES, filter_file_valid(company_filter, config.max_files))
+        ],
+    )
 
 
 def csv_events(context: AssetExecutionContext, csv: CsvOutcome, bucket: str):

@@ -6,7 +6,6 @@ from stock_assets.assets import (
     historical_stock_data,
     historical_stock_data_parquet,
     raw_stock_files,
-    top_companies,
 )
 from stock_assets.jobs import stock_pipeline_job
 from stock_assets.resources import (
@@ -26,7 +25,7 @@ from stock_assets.sensors import (
 from stock_assets.sharded import stock_pipeline_sharded_job
 
 defs = Definitions(
-    assets=[raw_stock_files, top_companies, historical_stock_data, historical_stock_data_parquet],
+    assets=[raw_stock_files, historical_stock_data, historical_stock_data_parquet],
     jobs=[stock_pipeline_job, stock_pipeline_sharded_job],
     sensors=[
         success_marker_sensor,

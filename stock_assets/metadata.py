@@ -113,6 +113,13 @@ class PipelineCounts(_NamespacedSet):
 
 
 # The three assets one step makes (`assets.historical_stock_data`).
+TOP_COMPANIES_SPEC = AssetSpec(
+    TOP_COMPANIES,
+    group_name=GROUP,
+    kinds={"s3"},
+    description="`CompanyNames/top_companies.txt`, parsed and validated into the ordered list "
+    "of files to process.",
+)
 CSV_SPEC = AssetSpec(
     CSV,
     deps=[RAW_STOCK_FILES, TOP_COMPANIES],

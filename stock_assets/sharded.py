@@ -20,14 +20,13 @@ from dagster import (
     op,
 )
 
-from stock_assets.assets import csv_events, table_events
+from stock_assets.assets import csv_events, filter_result, table_events
 from stock_assets.checks import check_result
-from stock_assets.metadata import CSV, TOP_COMPANIES, VIEW, filter_metadata, view_metadata
+from stock_assets.metadata import CSV, VIEW, view_metadata
 from stock_assets.notifications import describe_trigger
 from stock_assets.pipeline.run import FilterError, RunConfig, read_filter
 from stock_assets.pipeline.shard_merge import finish_sharded
 from stock_assets.pipeline.shards import ShardFailed, ShardResult, clean_up, run_shard
-from stock_assets.pipeline.verdicts import filter_file_valid
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 
 SHARDED_JOB = "stock_pipeline_sharded_job"
@@ -66,14 +65,7 @@ def sharded_plan(
     except FilterError as err:
         raise Failure(str(err)) from err
     clean_up(client, bucket, postgres.connect, postgres.table, None, keep=context.run_id)
-    materialized = MaterializeResult(
-        asset_key=TOP_COMPANIES,
-        metadata=filter_metadata(company_filter, bucket),
-        check_results=[
-            check_result(TOP_COMPANIES, filter_file_valid(company_filter, settings.max_files))
-        ],
-    )
-    yield from _op_events([materialized])
+    yield from _op_events([filter_result(company_filter, _config(context, settings, postgres, s3))])
     yield Output((datetime.now(UTC), company_filter.files), "plan")
     for index in range(settings.shards):
         yield DynamicOutput((index, settings.shards), mapping_key=str(index), output_name="shards")

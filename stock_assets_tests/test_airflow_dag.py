@@ -226,7 +226,7 @@ def test_failed_dagster_run_fails_the_airflow_task(
     # The task's error names the failing step and quotes its error, not the generic message.
     failure = re.search(rf"Dagster run {run_id} ended FAILURE: (.*)", output)
     assert failure, output[-6000:]
-    assert "step top_companies" in failure.group(1)
+    assert "step historical_stock_data" in failure.group(1)
     assert "top_companies.txt" in failure.group(1)
     wait_until(lambda: notifications(ready_stack, FAILURE_SUBJECT, run_id), "the failure email")
 

@@ -58,7 +58,7 @@ def test_a_failed_run_exits_non_zero_naming_the_step_and_can_email(
     assert entry.main(["--notify"]) == 1
     err = capsys.readouterr().err
     assert "stock_pipeline_job FAILED" in err
-    assert "step top_companies: Failure: filter file" in err
+    assert "step historical_stock_data: Failure: filter file" in err
     [sent] = sent_messages(seeded_stack.moto.endpoint_url, naming.sns_topic)
     assert sent.subject == "Dora_Explorer_Pipeline_Failure"
     assert "Triggered:  python -m stock_assets.entry" in sent.message

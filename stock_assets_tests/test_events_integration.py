@@ -224,7 +224,8 @@ def test_failing_run_from_a_second_marker_sends_one_failure_email(
     new = messages(local_stack)[already:]
     assert [m.subject for m in new] == [FAILURE_SUBJECT]
     assert f"Run id:     {run_id}" in new[0].message
-    assert "step top_companies: Failure: filter file" in new[0].message
+    assert "step historical_stock_data: Failure: filter file" in new[0].message
+    assert "FAILED (ERROR)   top_companies / filter_file_valid" in new[0].message
     assert "CompanyNames/top_companies.txt does not exist" in new[0].message
 
 

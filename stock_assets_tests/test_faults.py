@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 from dagster import DagsterInstance, materialize
 
-from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
+from stock_assets.assets import historical_stock_data, raw_stock_files
 from stock_assets.pipeline.companies import parse_company_filter
 from stock_assets.pipeline.run import RUN_META
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
@@ -21,7 +21,7 @@ from stock_assets_tests.conftest import REPO_ROOT, SAMPLE_FILTER, table_rows
 from stock_assets_tests.faults import FaultyHttpProxy, HttpFault, TcpToUnixProxy
 from stock_assets_tests.test_pipeline import metadata, run_job
 
-ASSETS = [raw_stock_files, top_companies, historical_stock_data]
+ASSETS = [raw_stock_files, historical_stock_data]
 
 
 def step_errors(result) -> str:

@@ -263,10 +263,12 @@ def test_failure_sensor_reports_the_failing_step_and_its_error(
     sent = failure_email_of_a_run(seeded_stack, naming)
     assert sent.subject == "Dora_Explorer_Pipeline_Failure"
     assert "stock_pipeline_job FAILED" in sent.message
+    # The filter is read in the pipeline's one step; the failed check names the asset.
     assert (
-        "step top_companies: Failure: filter file "
+        "step historical_stock_data: Failure: filter file "
         "s3://de-mbd-predict-dora-explorer-s3-source/CompanyNames/top_companies.txt does not exist"
     ) in sent.message
+    assert "FAILED (ERROR)   top_companies / filter_file_valid" in sent.message
     assert "rows loaded into historical_stocks_data: not reached" in sent.message
 
 
@@ -336,7 +338,7 @@ def test_the_report_names_the_table_the_run_loaded(seeded_stack, local_stack, db
     from dagster import materialize
     from psycopg2 import sql
 
-    from stock_assets.assets import historical_stock_data, raw_stock_files, top_companies
+    from stock_assets.assets import historical_stock_data, raw_stock_files
     from stock_assets.resources import PostgresResource, StockS3Resource
     from stock_assets.run_report import run_numbers
     from stock_assets.settings import TABLE_NAME
@@ -345,7 +347,7 @@ def test_the_report_names_the_table_the_run_loaded(seeded_stack, local_stack, db
     elsewhere = "stocks_elsewhere"
     try:
         result = materialize(
-            [raw_stock_files, top_companies, historical_stock_data],
+            [raw_stock_files, historical_stock_data],
             resources={
                 "s3": StockS3Resource(),
                 "postgres": PostgresResource(

@@ -155,6 +155,34 @@ def test_csv_asset_alone_does_not_touch_the_table(seeded_stack, s3_client, namin
     assert sorted(table_rows(db)) == before
 
 
+def test_top_companies_alone_parses_the_filter_and_makes_nothing_else(
+    seeded_stack, s3_client, naming, db
+):
+    assert run_job().success
+    csv_before = s3_client.head_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)["ETag"]
+    before = sorted(table_rows(db))
+    # A new filter: the filter asset alone records it; the CSV and the table stay as they are.
+    s3_client.put_object(Bucket=naming.source_bucket, Key=FILTER_KEY, Body=b"two.us.csv\n")
+    result = run_job(["top_companies"])
+    assert result.success
+    made = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert made == {"top_companies"}
+    assert metadata(result, "top_companies")["first_files"] == "two.us.csv"
+    assert s3_client.head_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)["ETag"] == csv_before
+    assert sorted(table_rows(db)) == before
+
+
+def test_top_companies_records_the_filter_the_csv_was_made_from(seeded_stack, s3_client, naming):
+    result = run_job()
+    assert result.success
+    recorded = metadata(result, "top_companies")["first_files"].split(", ")
+    lines = output_lines(s3_client, naming)
+    companies = list(dict.fromkeys(line.rsplit(",", 1)[1] for line in lines))
+    # The CSV holds the recorded names' companies in that order (bxg.us.csv has no file).
+    assert [f.removesuffix(".us.csv") for f in recorded if f != "bxg.us.csv"] == companies
+    assert metadata(result, "top_companies")["files_selected"] == len(recorded) == 7
+
+
 def test_a_load_that_fails_halfway_leaves_the_table_as_it_was(seeded_stack, s3_client, naming, db):
     assert run_job().success
     before = sorted(table_rows(db))
