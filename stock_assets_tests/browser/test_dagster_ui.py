@@ -268,10 +268,10 @@ def test_materialize_all_loads_the_table_and_shows_metadata_and_checks(
     )
     # Open it afresh (as a returning user would; also drops the toast from the screenshot).
     open_run(page, run_id, "Success")
-    # "Materialize all" leaves the source's observation out: top_companies, the one step that
-    # makes the CSV, the table and its view, then the Parquet copy.
-    expect(page.get_by_text("Succeeded (3)")).to_be_visible(timeout=UI_TIMEOUT_MS)
-    wait_for_gantt(page, steps=3)
+    # "Materialize all" leaves the source's observation out: the one step that reads the filter
+    # and makes the CSV, the table and its view, then the Parquet copy.
+    expect(page.get_by_text("Succeeded (2)")).to_be_visible(timeout=UI_TIMEOUT_MS)
+    wait_for_gantt(page, steps=2)
     screenshots.save(page, "02-run-success", docs_name="successful-run.png")
 
     # The table is really loaded: exactly the CSV's rows.
@@ -380,9 +380,9 @@ def test_sensors_run_and_a_success_marker_starts_a_recorded_run(
     screenshots.save(page, "03-runs-list-marker-run", docs_name="runs-list.png")
 
     open_run(page, run_id, "Success")
-    # The sensor observed raw_stock_files before launching: the job itself is two steps,
-    # top_companies and the one that makes the CSV and the table.
-    wait_for_gantt(page, steps=2)
+    # The sensor observed raw_stock_files before launching: the job itself is one step, which
+    # reads the filter and makes the CSV and the table.
+    wait_for_gantt(page, steps=1)
     screenshots.save(page, "03-marker-run")
 
 
@@ -400,13 +400,13 @@ def test_a_failed_run_shows_the_failing_steps_error(
 
     open_run(page, run_id, "Failure")
     errored = page.locator("[class*='GanttStatusPanel_stepItemContainer']").filter(
-        has_text="top_companies"
+        has_text="historical_stock_data"
     )
     expect(page.get_by_text("Errored (1)")).to_be_visible()
     # Select the failed step: the event log narrows to that step's events.
     errored.click()
     failure = page.locator("[class*='LogsRowComponents_row__']").filter(has_text="STEP_FAILURE")
     expect(failure).to_have_count(1)
-    expect(failure).to_contain_text("top_companies")
+    expect(failure).to_contain_text("historical_stock_data")
     expect(failure).to_contain_text(f"{FILTER_KEY} does not exist")
     screenshots.save(page, "04-failed-run-step-error", docs_name="failed-run.png")
