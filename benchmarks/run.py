@@ -220,8 +220,11 @@ class Runner:
     shared machine they are the steadier comparison (reported next to the wall times).
     """
 
-    def __init__(self, env: dict[str, str], log_dir: Path, moto_pid: int, pgdata: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, moto_pid: int, pgdata: Path, cwd: Path = REPO_ROOT
+    ) -> None:
         self.env = env
+        self.cwd = cwd  # the processes' working directory (`benchmarks.ab`: each side's tree)
         self.database_url = env["STOCK_ASSETS_DATABASE_URL"]
         self.log_dir = log_dir
         self.moto = psutil.Process(moto_pid)
@@ -283,7 +286,7 @@ class Runner:
         argv = command or [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
         with log_path.open("w") as log:
             proc = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True
+                argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=log, text=True
             )
             tree = _TreePeak(proc.pid)
             tree.start()

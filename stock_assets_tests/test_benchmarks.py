@@ -4,6 +4,7 @@ No timing assertions (they would flake on a shared machine): structure and verif
 """
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -160,3 +161,36 @@ def test_quick_latency_report_times_a_marker_through_a_real_deployment(tmp_path)
     assert point["marker_to_run_start_seconds"] > 0 and point["run_end_to_email_seconds"] >= 0
     assert point["marker_to_email_seconds"] >= point["marker_to_run_start_seconds"]
     assert "marker → run start" in markdown
+
+
+def test_ab_runs_the_working_tree_and_a_revision_in_alternating_pairs(tmp_path):
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    args = ["HEAD", "--pairs", "2", "--files", "10", "--out", str(tmp_path), "--name", "test"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "ab-test.json").read_text())
+    assert report["summary_line"] in proc.stdout.splitlines()[-1]
+    assert report["summary_line"] in (tmp_path / "ab-test.md").read_text()
+    assert report["a"]["commit"] == report["b"]["commit"] == head
+    assert report["dataset"]["real_files"] == 10
+    # Neither side always goes first.
+    assert [list(pair)[:2] for pair in report["pairs"]] == [["A", "B"], ["B", "A"]]
+    for pair in report["pairs"]:
+        for side in ("A", "B"):
+            assert pair[side]["run_seconds"] > 0 and pair[side]["cpu_seconds"]["total"] > 0
+    differences = [pair["b_minus_a_run_seconds"] for pair in report["pairs"]]
+    paired = report["summary"]["b_minus_a_run_seconds"]
+    assert paired["median"] == pytest.approx(statistics.median(differences), abs=1e-4)
+    # The revision's temporary worktree is gone.
+    worktrees = subprocess.run(
+        ["git", "worktree", "list"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout
+    assert "stock-ab-" not in worktrees
