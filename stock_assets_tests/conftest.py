@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,9 +39,15 @@ def sample_files(names: list[str] | None = None) -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="session")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """One moto server and one PostgreSQL server for the whole test session."""
-    stack = LocalStack(workdir=tmp_path_factory.mktemp("stack"))
+def local_stack(request: pytest.FixtureRequest) -> Iterator[LocalStack]:
+    """One moto server and one PostgreSQL server for the whole test session.
+
+    Its folder is not under pytest's basetemp: another pytest session on the machine resets
+    /tmp/pytest-of-<user> to mode 0700, and the embedded PostgreSQL, which runs as its own user
+    when the tests run as root, then loses its data directory mid-session (PANIC: pg_control
+    "Permission denied"). Removed at the end, unless a test failed (its logs are kept there)."""
+    workdir = Path(tempfile.mkdtemp(prefix="stock-assets-test-stack-"))
+    stack = LocalStack(workdir=workdir)
     stack.start()
     saved = {name: os.environ.get(name) for name in stack.env}
     stack.apply_env()
@@ -49,6 +57,10 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
             del os.environ[name]
     yield stack
     stack.stop()
+    if request.session.testsfailed:
+        print(f"\nthe test stack's folder (moto.log, pgdata/log) is kept: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
