@@ -40,6 +40,7 @@ from benchmarks.run import (
     _command,
     _log,
     _machine,
+    _median,
     _stop,
     build_bucket,
     start_stack,
@@ -65,14 +66,11 @@ def _run_record(dagster_home: Path) -> dict[str, Any]:
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
-    def median(key: str, sub: str | None = None) -> float:
-        return round(statistics.median(r[key][sub] if sub else r[key] for r in runs), 4)
-
     return {
-        "run_seconds": median("run_seconds"),
-        "process_wall_seconds": median("process_wall_seconds"),
-        "cpu_seconds_total": median("cpu_seconds", "total"),
-        "cpu_seconds_process": median("cpu_seconds", "run_process"),
+        "run_seconds": _median([r["run_seconds"] for r in runs]),
+        "process_wall_seconds": _median([r["process_wall_seconds"] for r in runs]),
+        "cpu_seconds_total": _median([r["cpu_seconds"]["total"] for r in runs]),
+        "cpu_seconds_process": _median([r["cpu_seconds"]["run_process"] for r in runs]),
     }
 
 
@@ -147,7 +145,7 @@ def measure(rev: str, pairs: int, files: int | None, out: Path, name: str) -> di
         "A": _summary([p["A"] for p in report["pairs"]]),
         "B": _summary([p["B"] for p in report["pairs"]]),
         "b_minus_a_run_seconds": {
-            "median": round(statistics.median(differences), 4),
+            "median": _median(differences),
             "mean": round(statistics.fmean(differences), 4),
             "b_faster_in": sum(d < 0 for d in differences),
         },

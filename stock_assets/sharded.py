@@ -59,13 +59,13 @@ def sharded_plan(
     settings: PipelineSettings,
 ):
     """The filter, read once for every step; a crashed run's leftovers removed; N outputs."""
-    client, bucket = s3.get_client(), settings.naming.source_bucket
-    try:
-        company_filter = read_filter(client, bucket, settings.max_files)
+    client, config = s3.get_client(), _config(context, settings, postgres, s3)
+    try:  # read and recorded with the same bucket and limit, as the asset step does
+        company_filter = read_filter(client, config.bucket, config.max_files)
     except FilterError as err:
         raise Failure(str(err)) from err
-    clean_up(client, bucket, postgres.connect, postgres.table, None, keep=context.run_id)
-    yield from _op_events([filter_result(company_filter, _config(context, settings, postgres, s3))])
+    clean_up(client, config.bucket, postgres.connect, postgres.table, None, keep=context.run_id)
+    yield from _op_events([filter_result(company_filter, config)])
     yield Output((datetime.now(UTC), company_filter.files), "plan")
     for index in range(settings.shards):
         yield DynamicOutput((index, settings.shards), mapping_key=str(index), output_name="shards")
