@@ -4,6 +4,7 @@ multi-asset step that can also make any of them alone; each reads its inputs fro
 manager), so any of them can be (re)materialised alone from the UI."""
 
 from dagster import (
+    AssetCheckResult,
     AssetExecutionContext,
     AutomationCondition,
     DataVersion,
@@ -105,8 +106,7 @@ def historical_stock_data(
             company_filter = read_filter(client, config.bucket, config.max_files)
     except FilterError as err:
         if TOP_COMPANIES in selected:
-            problem = {"problem": str(err)}
-            yield check_result(TOP_COMPANIES, Verdict("filter_file_valid", False, problem))
+            yield filter_failed(err)
         raise Failure(str(err)) from err
     if TOP_COMPANIES in selected:
         yield filter_result(company_filter, config)
@@ -136,6 +136,11 @@ def filter_result(company_filter: CompanyFilter, config: RunConfig) -> Materiali
             check_result(TOP_COMPANIES, filter_file_valid(company_filter, config.max_files))
         ],
     )
+
+
+def filter_failed(err: FilterError) -> AssetCheckResult:
+    """The failed `filter_file_valid` check of a run whose filter file is missing or unusable."""
+    return check_result(TOP_COMPANIES, Verdict("filter_file_valid", False, {"problem": str(err)}))
 
 
 def csv_events(context: AssetExecutionContext, csv: CsvOutcome, bucket: str):

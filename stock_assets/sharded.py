@@ -20,7 +20,7 @@ from dagster import (
     op,
 )
 
-from stock_assets.assets import csv_events, filter_result, table_events
+from stock_assets.assets import csv_events, filter_failed, filter_result, table_events
 from stock_assets.checks import check_result
 from stock_assets.metadata import CSV, VIEW, view_metadata
 from stock_assets.notifications import describe_trigger
@@ -62,7 +62,8 @@ def sharded_plan(
     client, config = s3.get_client(), _config(context, settings, postgres, s3)
     try:  # read and recorded with the same bucket and limit, as the asset step does
         company_filter = read_filter(client, config.bucket, config.max_files)
-    except FilterError as err:
+    except FilterError as err:  # shown on top_companies, as the asset step shows it
+        yield from _op_events([filter_failed(err)])
         raise Failure(str(err)) from err
     clean_up(client, config.bucket, postgres.connect, postgres.table, None, keep=context.run_id)
     yield from _op_events([filter_result(company_filter, config)])

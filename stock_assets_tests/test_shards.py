@@ -201,6 +201,30 @@ def test_an_over_limit_file_in_one_shard_stops_the_run_before_anything_is_publis
     assert leftovers(s3_client, naming, db) == []
 
 
+def test_a_missing_filter_fails_the_plan_with_the_failed_filter_check(
+    richer_stack, s3_client, naming, db
+):
+    assert run_job().success
+    before = snapshot(s3_client, naming, db)
+    s3_client.delete_object(Bucket=naming.source_bucket, Key=FILTER_KEY)
+    result = sharded_job().execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    assert not result.success
+    [failure] = _failures(result.all_events)
+    assert "top_companies.txt does not exist" in failure
+    # As the single path shows it: the failed check on top_companies, which names the file.
+    [check] = result.get_asset_check_evaluations()
+    assert (check.asset_key.to_user_string(), check.check_name) == (
+        "top_companies",
+        "filter_file_valid",
+    )
+    assert not check.passed
+    assert "top_companies.txt does not exist" in check.description
+    assert _shard_steps(result.all_events) == 0
+    assert snapshot(s3_client, naming, db) == before
+
+
 @pytest.mark.full
 @pytest.mark.skipif(
     not (FULL_DATA_DIR / ARCHIVE_NAME).exists(), reason=f"no {ARCHIVE_NAME} in {FULL_DATA_DIR}"
