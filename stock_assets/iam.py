@@ -22,7 +22,9 @@ from typing import Any
 from stock_assets.settings import (
     FILTER_KEY,
     OUTPUT_KEY,
+    PARQUET_KEY,
     REJECTED_PREFIX,
+    SCRATCH_PREFIX,
     SCRIPTS_PREFIX,
     STOCKS_PREFIX,
     Naming,
@@ -66,6 +68,7 @@ def pipeline_role_policy(
                     _objects(source, STOCKS_PREFIX + "*"),
                     _objects(source, FILTER_KEY),
                     _objects(source, OUTPUT_KEY),
+                    _objects(source, SCRATCH_PREFIX + "*"),
                 ],
             },
             {
@@ -75,7 +78,22 @@ def pipeline_role_policy(
                 "Resource": [
                     _objects(source, OUTPUT_KEY),
                     _objects(source, REJECTED_PREFIX + "*"),
+                    _objects(source, PARQUET_KEY),
+                    _objects(source, SCRATCH_PREFIX + "*"),
                 ],
+            },
+            {
+                # The sharded job's scratch parts: removed after its run, or after a crashed one.
+                "Sid": "RemoveShardScratch",
+                "Effect": "Allow",
+                "Action": ["s3:DeleteObject", "s3:AbortMultipartUpload"],
+                "Resource": [_objects(source, SCRATCH_PREFIX + "*")],
+            },
+            {
+                "Sid": "FindShardUploads",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucketMultipartUploads"],
+                "Resource": [_bucket(source)],
             },
             {
                 "Sid": "WatchMarkers",

@@ -20,6 +20,8 @@ STOCKS_PREFIX = "Stocks/"
 FILTER_KEY = "CompanyNames/top_companies.txt"
 OUTPUT_KEY = "Output/historical_stock_data.csv"
 REJECTED_PREFIX = "Output/rejected/"
+PARQUET_KEY = "Output/historical_stock_data.parquet"
+SCRATCH_PREFIX = "Output/_shards/"  # the sharded mode's parts, one folder per run
 SCRIPTS_PREFIX = "Scripts/"
 SOURCE_FOLDERS = ("CompanyNames/", "Output/", "Scripts/", "Stocks/")
 

@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.client import BaseClient
-from dagster import build_sensor_context
+from dagster import DagsterInstance, build_sensor_context
 from dagster_aws.s3 import S3Resource
 
 from stock_assets import iam
@@ -23,7 +23,9 @@ from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.sensors import success_marker_sensor
 from stock_assets.settings import Naming
 from stock_assets_tests.conftest import SAMPLE_FILTER, SAMPLE_STOCKS
+from stock_assets_tests.test_parquet import materialise_parquet
 from stock_assets_tests.test_pipeline import run_job
+from stock_assets_tests.test_shards import run_sharded
 
 ACCOUNT = "123456789012"  # moto's account
 REGION = "eu-west-1"
@@ -81,22 +83,37 @@ _S3_ACTIONS = {
     "HeadObject": "s3:GetObject", "GetObject": "s3:GetObject", "PutObject": "s3:PutObject",
     "CreateMultipartUpload": "s3:PutObject", "UploadPart": "s3:PutObject",
     "CompleteMultipartUpload": "s3:PutObject", "PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+    "ListMultipartUploads": "s3:ListBucketMultipartUploads", "CopyObject": "s3:PutObject",
+    "UploadPartCopy": "s3:PutObject",
 }  # fmt: skip
 
 
-def needed(service: str, operation: str, params: dict[str, Any]) -> tuple[str, str, dict]:
-    """(IAM action, resource ARN, condition context) an AWS call needs."""
+def needed(service: str, operation: str, params: dict[str, Any]) -> list[tuple[str, str, dict]]:
+    """The (IAM action, resource ARN, condition context) triples an AWS call needs."""
     if service == "s3":
-        action = _S3_ACTIONS.get(operation, f"s3:{operation}")
         bucket, key = params["Bucket"], params.get("Key")
+        if operation == "DeleteObjects":  # one s3:DeleteObject per key
+            return [
+                ("s3:DeleteObject", f"arn:aws:s3:::{bucket}/{o['Key']}", {})
+                for o in params["Delete"]["Objects"]
+            ]
+        action = _S3_ACTIONS.get(operation, f"s3:{operation}")
         resource = f"arn:aws:s3:::{bucket}" + (f"/{key}" if key is not None else "")
         context = {"s3:prefix": params["Prefix"]} if "Prefix" in params else {}
-        return action, resource, context
+        found = [(action, resource, context)]
+        if "CopySource" in params:  # a copy also reads its source
+            source = params["CopySource"]
+            if isinstance(source, str):
+                source_arn = "arn:aws:s3:::" + source.lstrip("/").split("?")[0]
+            else:
+                source_arn = f"arn:aws:s3:::{source['Bucket']}/{source['Key']}"
+            found.append(("s3:GetObject", source_arn, {}))
+        return found
     if service == "sns":
         if operation == "ListTopics":
-            return "sns:ListTopics", "*", {}
+            return [("sns:ListTopics", "*", {})]
         arn = params.get("TopicArn") or f"arn:aws:sns:{REGION}:{ACCOUNT}:{params['Name']}"
-        return f"sns:{operation}", arn, {}
+        return [(f"sns:{operation}", arn, {})]
     raise AssertionError(f"unexpected service {service}")
 
 
@@ -117,9 +134,9 @@ def aws_calls(monkeypatch) -> list[tuple[str, str, dict]]:
 def denied(policy: dict, calls: list[tuple[str, str, dict]]) -> list[str]:
     found = []
     for service, operation, params in calls:
-        action, resource, context = needed(service, operation, params)
-        if not allows(policy, action, resource, context):
-            found.append(f"{operation} → {action} on {resource} {context or ''}")
+        for action, resource, context in needed(service, operation, params):
+            if not allows(policy, action, resource, context):
+                found.append(f"{operation} → {action} on {resource} {context or ''}")
     return sorted(set(found))
 
 
@@ -129,13 +146,17 @@ def test_the_pipeline_role_policy_allows_every_call_the_pipeline_makes(
     topic = boto3.client("sns").create_topic(Name=naming.sns_topic)["TopicArn"]
     s3_client.put_object(Bucket=naming.monitored_bucket, Key="a/.SUCCESS", Body=b"")
     del aws_calls[:]  # the setup above is the test's, not the pipeline's
-    # A whole run, a tick of the marker sensor, and a notification.
+    # A whole run, the Parquet copy its automation makes next, the sharded job (its scratch
+    # parts, multipart uploads and clean-up), a tick of the marker sensor, and a notification.
     assert run_job().success
+    assert materialise_parquet(DagsterInstance.ephemeral()).success
+    assert run_sharded(2, processes=False)[0]
     context = build_sensor_context(resources={"s3": S3Resource(), "settings": PipelineSettings()})
     assert success_marker_sensor(context).run_requests
     SNSResource(topic=naming.sns_topic).publish("Dora_Explorer_Pipeline_Success", "body")
     operations = {op for _, op, _ in aws_calls}
     assert {"ListObjectsV2", "GetObject", "PutObject", "ListTopics", "Publish"} <= operations
+    assert {"DeleteObjects", "ListMultipartUploads", "CreateMultipartUpload"} <= operations
     assert denied(iam.pipeline_role_policy(naming, REGION, ACCOUNT), aws_calls) == []
     # With the topic given as an ARN the lookup (sns:ListTopics) is not even needed.
     assert topic.endswith(naming.sns_topic)

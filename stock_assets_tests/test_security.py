@@ -63,15 +63,24 @@ def test_pipeline_policy_grants_only_what_the_pipeline_uses():
     policy = iam.pipeline_role_policy(naming, account_id="123456789012")
     pairs = actions_and_resources(policy)
     assert not any(a.split(":")[1] == "*" for a, _ in pairs)  # no service-wide wildcards
+    source = f"arn:aws:s3:::{naming.source_bucket}"
     writes = {r for a, r in pairs if a == "s3:PutObject"}
     assert writes == {
-        f"arn:aws:s3:::{naming.source_bucket}/Output/historical_stock_data.csv",
-        f"arn:aws:s3:::{naming.source_bucket}/Output/rejected/*",
+        f"{source}/Output/historical_stock_data.csv",
+        f"{source}/Output/historical_stock_data.parquet",
+        f"{source}/Output/rejected/*",
+        f"{source}/Output/_shards/*",  # the sharded job's scratch parts
     }
+    # Nothing is ever deleted but that scratch (the rejects are kept).
+    removals = {r for a, r in pairs if a in ("s3:DeleteObject", "s3:AbortMultipartUpload")}
+    assert removals == {f"{source}/Output/_shards/*"}
     assert {a for a, _ in pairs} == {
         "s3:ListBucket",
+        "s3:ListBucketMultipartUploads",
         "s3:GetObject",
         "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
         "sns:Publish",
         "sns:ListTopics",
     }

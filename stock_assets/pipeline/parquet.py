@@ -25,9 +25,8 @@ import pyarrow.parquet as pq
 from stock_assets.pipeline.columns import OUTPUT_COLUMNS
 from stock_assets.pipeline.run import FINGERPRINT_META, ROWS_META, CsvObjectError
 from stock_assets.pipeline.s3 import s3_uri
-from stock_assets.settings import OUTPUT_KEY
+from stock_assets.settings import OUTPUT_KEY, PARQUET_KEY
 
-PARQUET_KEY = "Output/historical_stock_data.parquet"
 ROW_GROUP_ROWS = 128 * 1024
 # The Parquet object's metadata: which CSV object it was made from.
 SOURCE_VERSION_META = "source-csv-version"

@@ -50,8 +50,8 @@ from stock_assets.pipeline.run import (
 )
 from stock_assets.pipeline.s3 import ObjectReader, ObjectTooLarge, presigned_get_session
 from stock_assets.pipeline.sql_files import statements
+from stock_assets.settings import SCRATCH_PREFIX
 
-SCRATCH_PREFIX = "Output/_shards/"
 READ_BYTES = 1 << 20
 
 
