@@ -17,20 +17,27 @@ pytestmark = pytest.mark.stack
 STOCK_ASSETS = str(Path(sys.executable).parent / "stock-assets")
 
 
-def test_demo_runs_the_pipeline_and_says_where_everything_is(tmp_path):
+def demo(tmp_path: Path, filter_text: str | None = None) -> subprocess.CompletedProcess:
+    """`stock-assets demo` on the sample data (its filter, or `filter_text`), as a user runs it."""
     data = tmp_path / "data"
     shutil.copytree(SAMPLE_STOCKS, data / "Stocks")
     shutil.copy(SAMPLE_FILTER, data / "top_companies.txt")
-    workdir = tmp_path / "stack"
+    if filter_text is not None:
+        (data / "top_companies.txt").write_text(filter_text)
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(tmp_path),
         "STOCK_ASSETS_DATA_DIR": str(data),
     }
-    completed = subprocess.run(
-        [STOCK_ASSETS, "--workdir", str(workdir), "demo"],
+    return subprocess.run(
+        [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "demo"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+def test_demo_runs_the_pipeline_and_says_where_everything_is(tmp_path):
+    completed = demo(tmp_path)
+    workdir = tmp_path / "stack"
     out = completed.stdout
     assert completed.returncode == 0, out + completed.stderr
     assert "the pipeline succeeded" in out
@@ -50,3 +57,12 @@ def test_demo_runs_the_pipeline_and_says_where_everything_is(tmp_path):
             assert cur.fetchone()[0] == len(lines)
     finally:
         server._cleanup()
+
+
+def test_demo_names_a_warning_about_the_filter_and_still_loads_the_rest(tmp_path):
+    # An entry that is not a usable file name is dropped with a warning, not a stop.
+    completed = demo(tmp_path, SAMPLE_FILTER.read_text().strip() + ", '../outside.csv'")
+    out = completed.stdout
+    assert completed.returncode == 0, out + completed.stderr
+    assert "the pipeline succeeded" in out
+    assert "warnings: filter_file_valid, skipped_files (1), open_zero_rows (1)" in out
