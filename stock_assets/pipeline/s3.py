@@ -142,9 +142,11 @@ class ObjectReader:
             body = self._read_presigned(key)
             if body is not None:
                 return body
+        body = read_object(self.client, self.bucket, key, self.max_bytes)
+        if self._session is not None:  # a re-read; a missing object (NoSuchKey) is not one
             with self._lock:
                 self.fallbacks += 1
-        return read_object(self.client, self.bucket, key, self.max_bytes)
+        return body
 
     def _read_presigned(self, key: str) -> bytes | None:
         try:
