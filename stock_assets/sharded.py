@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from dagster import (
     AssetCheckEvaluation,
     AssetMaterialization,
+    DagsterRunStatus,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -15,6 +16,7 @@ from dagster import (
     OpExecutionContext,
     Out,
     Output,
+    RunsFilter,
     job,
     multiprocess_executor,
     op,
@@ -30,6 +32,10 @@ from stock_assets.pipeline.shards import ShardFailed, ShardResult, clean_up, run
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 
 SHARDED_JOB = "stock_pipeline_sharded_job"
+UNFINISHED = [
+    DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED, DagsterRunStatus.SUSPENDED, DagsterRunStatus.CANCELING,
+]  # fmt: skip
 
 
 def _config(context: OpExecutionContext, settings, postgres, s3) -> RunConfig:
@@ -65,7 +71,10 @@ def sharded_plan(
     except FilterError as err:  # shown on top_companies, as the asset step shows it
         yield from _op_events([filter_failed(err)])
         raise Failure(str(err)) from err
-    clean_up(client, config.bucket, postgres.connect, postgres.table, None, keep=context.run_id)
+    # Leftovers of crashed runs go; those of sharded runs still going (this one included) stay.
+    going = context.instance.get_run_ids(RunsFilter(job_name=SHARDED_JOB, statuses=UNFINISHED))
+    keep = {context.run_id, *going}
+    clean_up(client, config.bucket, postgres.connect, postgres.table, None, keep=keep)
     yield from _op_events([filter_result(company_filter, config)])
     yield Output((datetime.now(UTC), company_filter.files), "plan")
     for index in range(settings.shards):

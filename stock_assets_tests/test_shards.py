@@ -2,10 +2,18 @@
 the single path's bytes and table; a failing shard leaves everything as it was."""
 
 import time
+import uuid
 import zlib
 
 import pytest
-from dagster import DagsterInstance, execute_job, instance_for_test, reconstructable
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    execute_job,
+    instance_for_test,
+    reconstructable,
+)
 from psycopg2 import sql
 
 from stock_assets.bucket_layout import ARCHIVE_NAME, FILTER_NAME
@@ -31,8 +39,12 @@ def sharded_job():
     return defs.resolve_job_def(SHARDED_JOB)
 
 
+def run_config(shards: int) -> dict:
+    return {"resources": {"settings": {"config": {"shards": shards}}}}
+
+
 def run_sharded(shards: int, processes: bool = True):
-    config = {"resources": {"settings": {"config": {"shards": shards}}}}
+    config = run_config(shards)
     started = time.perf_counter()
     if processes:
         with (
@@ -160,6 +172,36 @@ def test_one_shard_is_the_single_path(richer_stack, s3_client, naming, db):
     assert {k: v for k, v in got.items() if k != "loads"} == {
         k: v for k, v in expected.items() if k != "loads"
     }
+    assert leftovers(s3_client, naming, db) == []
+
+
+def test_a_sharded_run_still_going_keeps_its_scratch(richer_stack, s3_client, naming, db):
+    # Two sharded runs at once (`stock-assets dev` does not limit concurrent runs): the second
+    # one's plan step removes a crashed run's leftovers, not the first one's parts.
+    instance = DagsterInstance.ephemeral()
+    going = instance.add_run(
+        DagsterRun(job_name=SHARDED_JOB, run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED)
+    )
+    for run_id in (going.run_id, "dead-run"):
+        s3_client.put_object(
+            Bucket=naming.source_bucket, Key=f"{SCRATCH_PREFIX}{run_id}/0.csv", Body=b""
+        )
+    staging = f"historical_stocks_data__staging_{going.run_id.replace('-', '')[:8]}_0"
+    with db.cursor() as cur:
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (x int)").format(sql.Identifier(staging)))
+    db.commit()
+    result = sharded_job().execute_in_process(
+        instance=instance, run_config=run_config(1), raise_on_error=False
+    )
+    assert result.success
+    assert leftovers(s3_client, naming, db) == [f"{SCRATCH_PREFIX}{going.run_id}/0.csv", staging]
+    # Once that run has ended (here: failed), the next sharded run removes them.
+    instance.report_run_failed(going)
+    assert (
+        sharded_job()
+        .execute_in_process(instance=instance, run_config=run_config(1), raise_on_error=False)
+        .success
+    )
     assert leftovers(s3_client, naming, db) == []
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,10 +158,15 @@ def _make_part(
 
 
 def clean_up(
-    client: Any, bucket: str, connect: Connect, table: str, run_id: str | None, keep: str = ""
+    client: Any,
+    bucket: str,
+    connect: Connect,
+    table: str,
+    run_id: str | None,
+    keep: Collection[str] = (),
 ) -> None:
     """Remove the scratch objects and staging tables of `run_id`, or (None) of every run but
-    `keep` (a crashed run's leftovers)."""
+    those in `keep` (a crashed run's leftovers; runs still going are kept)."""
     prefix = SCRATCH_PREFIX + (f"{run_id}/" if run_id else "")
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys = [o["Key"] for o in page.get("Contents", []) if _removable(o["Key"], keep)]
@@ -175,7 +181,7 @@ def clean_up(
                 Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
     pattern = _staging_prefix(table, run_id or "").replace("_", r"\_") + "%"
-    kept = _staging_prefix(table, keep) if keep else None
+    kept = tuple(_staging_prefix(table, k) for k in keep)
     with connect() as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
@@ -183,10 +189,10 @@ def clean_up(
             (pattern,),
         )
         for (name,) in cur.fetchall():
-            if kept is None or not name.startswith(kept):
+            if not name.startswith(kept):
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
         conn.commit()
 
 
-def _removable(key: str, keep: str) -> bool:
-    return not keep or f"/{keep}/" not in key
+def _removable(key: str, keep: Collection[str]) -> bool:
+    return not any(f"/{k}/" in key for k in keep)
