@@ -1,7 +1,7 @@
-"""The four assets, thin wiring over `stock_assets.pipeline.run`: raw_stock_files (observed) and
-top_companies → historical_stock_data_csv → historical_stocks_data. The last three are one
-multi-asset step that can also make any of them alone; each reads its inputs from S3 (no I/O
-manager), so any of them can be (re)materialised alone from the UI."""
+"""The assets, thin wiring over `stock_assets.pipeline.run`: raw_stock_files (observed);
+top_companies → historical_stock_data_csv → historical_stocks_data → historical_stocks (the
+view), one multi-asset step that can also make any of them alone, each reading its inputs from S3
+(no I/O manager); and the Parquet copy downstream of the CSV."""
 
 from dagster import (
     AssetCheckResult,

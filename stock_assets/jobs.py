@@ -14,6 +14,6 @@ stock_pipeline_job = define_asset_job(
     selection=AssetSelection.groups(GROUP) - AssetSelection.assets(PARQUET),
     description="Top-company filter → the files it names under S3 Stocks/ → "
     "Output/historical_stock_data.csv → PostgreSQL historical_stocks_data.",
-    # The steps are light and sequential; one process avoids a process start per step.
+    # One step, in the run's own process: no process start for it.
     executor_def=in_process_executor,
 )

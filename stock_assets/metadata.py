@@ -46,8 +46,8 @@ CSV = AssetKey("historical_stock_data_csv")
 TABLE = AssetKey("historical_stocks_data")
 VIEW = AssetKey(VIEW_NAME)
 GROUP = "stock_market"
-# Downstream of the course's pipeline, outside its group (so outside stock_pipeline_job): kept
-# fresh by Dagster's declarative automation, and its runs send no course email.
+# Downstream of the course's pipeline, in its group (the lineage) but left out of
+# stock_pipeline_job: kept fresh by Dagster's declarative automation; its runs send no email.
 PARQUET = AssetKey("historical_stock_data_parquet")
 NOT_NOTIFIED = frozenset({PARQUET})
 
@@ -112,7 +112,7 @@ class PipelineCounts(_NamespacedSet):
     load_id: int | None = None  # the load's row in pipeline_loads
 
 
-# The three assets one step makes (`assets.historical_stock_data`).
+# The four assets one step makes (`assets.historical_stock_data`).
 TOP_COMPANIES_SPEC = AssetSpec(
     TOP_COMPANIES,
     group_name=GROUP,
@@ -238,10 +238,6 @@ def table_metadata(table: TableOutcome, bucket: str, database: str) -> dict[str,
             markdown_table(OUTPUT_COLUMNS, [list(r) for r in table.preview])
         ),
     }
-
-
-def _rows(table: Any) -> list[list[Any]]:
-    return [list(row.values()) for row in table.to_pylist()]
 
 
 def view_metadata(table: TableOutcome | None, table_name: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ INTERVAL_ENV = "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS"
 # The daemon evaluates sensors in a loop that starts every 5 s (Dagster 1.13's
 # MIN_INTERVAL_LOOP_TIME) and skips a sensor whose last tick is less than its minimum interval
 # ago. An interval of exactly 5 s loses to that loop's jitter: a tick a few milliseconds early is
-# skipped and the sensor waits 10 s (marker → run start was 11 s). Under 5 s, every loop
+# skipped and the sensor waits 10 s (benchmarks/results/latency.md). Under 5 s, every loop
 # evaluates the sensors; a longer interval adds its length to marker → run and run end → email.
 DAEMON_SENSOR_LOOP_SECONDS = 5  # MIN_INTERVAL_LOOP_TIME: no tick comes sooner than this
 DEFAULT_INTERVAL_SECONDS = 3

@@ -190,7 +190,8 @@ def publish_run_outcome(
             log.info(f"run {run.run_id} made only {sorted(NOT_NOTIFIED)}: no course email")
         return None
     if run.tags.get(NOTIFICATION_TAG) == "sent":
-        # A replayed tick (daemon killed after publishing): never email twice.
+        # A replayed tick (the daemon killed after the tag was written): no second email. Only
+        # a kill between SNS's answer and this tag can still send one twice (at least once).
         if log:
             log.info(f"notification for run {run.run_id} already sent; skipping")
         return None

@@ -42,7 +42,7 @@ def _wait_for_http(url: str, timeout: float = 20.0) -> None:
 
 # moto keeps each object in a SpooledTemporaryFile that spills to a temporary file past 5 MB, so
 # the 175 MB output CSV cost disk writes on its PUT and disk reads on every read of it: work S3
-# does not put on the client's machine (measured: the PUT took 2.3 CPU-s of moto, 0.6 in memory).
+# does not put on the client's machine (figures: benchmarks/results/README.md).
 # The emulator's state lives in memory anyway; keep objects up to 1 GiB there too.
 MOTO_ENV = {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(1 << 30)}
 

@@ -127,5 +127,6 @@ def combine(results: Iterable[FileResult]) -> CombinedOutput:
 
 
 def empty_output() -> pa.Table:
-    # Not `OUTPUT_SCHEMA.empty_table()`: that imports pandas, a third of a second of every run.
+    # Not `OUTPUT_SCHEMA.empty_table()`: that imports pandas in every run (see run.py's
+    # `_settle_pyarrow_pandas_check`).
     return pa.Table.from_batches([], schema=OUTPUT_SCHEMA)

@@ -6,8 +6,9 @@ the CSV → commit the table. It returns one `PipelineResult`; the Dagster layer
 materialisations and check results and never calls back down. `load_table_from_object` is the
 table-alone path (the CSV object already in S3).
 
-All or nothing: a blocking verdict leaves the CSV object and the table as they were; the table
-commits only after the CSV was checked and published, so the two always agree.
+A blocking verdict leaves the CSV object and the table as they were. The table commits only
+after the CSV was checked and published, so it never holds rows the published CSV does not; if
+the commit itself fails, the new CSV stays published and the table is unchanged.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ class _NoPandasForImplicitChecks:
 @functools.cache  # once per process
 def _settle_pyarrow_pandas_check() -> None:
     """pyarrow asks "is this a pandas object?" on the first `pa.array()` and imports pandas to
-    answer, where pandas is installed: a third of a second holding the GIL, in the middle of the
+    answer, where pandas is installed: an import that holds the GIL, in the middle of the
     transformation (figures: benchmarks/results/README.md). The run never hands pyarrow a pandas
     object, so let that first check find no pandas. Only the implicit checks are settled: an
     explicit `to_pandas()` or `from_pandas()` later imports pandas as usual. Nothing to do where

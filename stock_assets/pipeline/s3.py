@@ -9,18 +9,16 @@ import hashlib
 import os
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import urllib3
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError
 from botocore.httpsession import URLLib3Session
 from botocore.utils import get_environ_proxies
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,12 +47,6 @@ def list_objects(client: Any, bucket: str, prefix: str) -> list[S3Object]:
                 )
             )
     return objects
-
-
-def files_directly_under(objects: Iterable[S3Object], prefix: str) -> dict[str, S3Object]:
-    """The objects directly under `prefix`, by file name. A key in a deeper "folder"
-    (`Stocks/archive/x.csv`) has the same name as `Stocks/x.csv` and must not stand in for it."""
-    return {o.name: o for o in objects if o.key == prefix + o.name}
 
 
 def listing_fingerprint(objects: Sequence[S3Object]) -> str:
@@ -108,9 +100,9 @@ class ObjectReader:
 
     Each GET first goes by a presigned URL (signed by the boto3 client, with the same
     credentials) over botocore's HTTP session (`presigned_get_session`). That skips botocore's
-    per-call machinery (event hooks, endpoint rules, response parsing, retry bookkeeping):
-    measured on the local stack, 1,000 GETs cost 1.55 CPU-s through `get_object` and 0.84 this way,
-    most of the difference time holding the GIL the transformation needs.
+    per-call machinery (event hooks, endpoint rules, response parsing, retry bookkeeping): about
+    half the CPU per GET on the local stack, most of the difference time holding the GIL the
+    transformation needs (figures: benchmarks/results/README.md).
 
     Only a clean answer is taken from that path: status 200, the whole Content-Length, and its
     CRC-32 equal to the one S3 returns (the URL asks for it, as `get_object` does). Anything

@@ -13,8 +13,8 @@
 --
 -- FREEZE, allowed because the table was truncated in this transaction: the rows are written
 -- already frozen. Without it, readers looked up every row's transaction until a VACUUM had run
--- (the first full scan after a load of 2 M rows took 0.45 s, 0.13 s with FREEZE), and autovacuum
--- then had the whole table to process. It relaxes MVCC only as far as TRUNCATE already does (a
+-- (the first full scan after a load was about three times slower: benchmarks/results/README.md),
+-- and autovacuum then had the whole table to process. It relaxes MVCC only as far as TRUNCATE already does (a
 -- transaction whose snapshot predates the commit sees the new rows).
 --
 -- {table} is filled in with psycopg2's sql.Identifier; the COPY reads the CSV from the client.
