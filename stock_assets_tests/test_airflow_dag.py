@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import boto3
 import pytest
+from dagster import RunsFilter
 from psycopg2 import sql
 
 from stock_assets.local.stack import LocalStack, free_port
@@ -387,18 +388,44 @@ def test_compose_airflow_service_adopts_a_run_instead_of_launching_twice(
         wait_until(adopted, "the task to find the existing Dagster run", 300)
         deployment.start_daemon()
 
-        def finished() -> str | None:
-            run = _api(base, f"/api/v2/dags/{DAG_ID}/dagRuns/{airflow_run_id}", token)
+        def finished(dag_run_id: str = airflow_run_id) -> str | None:
+            run = _api(base, f"/api/v2/dags/{DAG_ID}/dagRuns/{dag_run_id}", token)
             return run["state"] if run["state"] in ("success", "failed") else None
 
         assert wait_until(finished, "the Airflow run to finish", 400) == "success"
+
+        # The Dagster run of an Airflow run already ended (its try died after the launch reached
+        # Dagster): the task takes its result instead of launching the pipeline again.
+        retried_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
+        identity = {
+            "stock_assets/trigger": "airflow",
+            "airflow/dag_id": DAG_ID,
+            "airflow/run_id": retried_run_id,
+        }
+        ended = deployment.launch_run(tags=identity)
+        wait_until(
+            lambda: run_status(deployment, ended) == "SUCCESS", "the earlier Dagster run", 300
+        )
+        _api(
+            base,
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            token,
+            body={"dag_run_id": retried_run_id, "logical_date": None},
+        )
+        state = wait_until(lambda: finished(retried_run_id), "the second Airflow run", 400)
+        assert state == "success"
+        task_log = (
+            home / "logs" / f"dag_id={DAG_ID}" / f"run_id={retried_run_id}" / f"task_id={TASK_ID}"
+        )
+        logs = "".join(p.read_text(errors="replace") for p in task_log.glob("attempt=*.log"))
+        assert f"Dagster run {ended} from an earlier try already ended SUCCESS" in logs
+        tagged = deployment.instance().get_run_records(RunsFilter(tags=identity))
+        assert [r.dagster_run.run_id for r in tagged] == [ended]  # no second run
     finally:
         if "daemon" not in deployment.processes:
             deployment.start_daemon()
         _stop_group(process)
         log.close()
-
-    from dagster import RunsFilter
 
     runs = deployment.instance().get_runs(RunsFilter(tags={"airflow/run_id": airflow_run_id}))
     assert [run.run_id for run in runs] == [existing]

@@ -59,7 +59,6 @@ DEFAULTS: dict[str, Any] = {
 
 TRIGGER_TAG = "stock_assets/trigger"
 TERMINAL_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
-ACTIVE_STATUSES = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 
 LAUNCH_RUN = """
 mutation LaunchStockPipeline($executionParams: ExecutionParams!) {
@@ -82,9 +81,9 @@ query StockPipelineRunStatus($runId: ID!) {
 }
 """
 
-ACTIVE_RUNS = """
-query ActiveAirflowRuns($filter: RunsFilter!) {
-  runsOrError(filter: $filter, limit: 5) {
+EARLIER_RUNS = """
+query EarlierAirflowRuns($filter: RunsFilter!) {
+  runsOrError(filter: $filter, limit: 1) {
     __typename
     ... on Runs { results { runId status } }
     ... on Error { message }
@@ -261,18 +260,18 @@ class DagsterClient:
             raise AirflowFailException(f"launchRun failed ({result['__typename']}): {detail}")
         return result["run"]["runId"]
 
-    def active_run(self, tags: dict[str, str]) -> str | None:
-        """A run this Airflow run already launched and that is still going (after a retry)."""
+    def earlier_run(self, tags: dict[str, str]) -> tuple[str, str] | None:
+        """(run id, status) of the newest run this Airflow run already launched (an earlier
+        try), still going or ended; None if it launched none."""
         run_filter = {
             "pipelineName": self.settings.job,
             "tags": [{"key": k, "value": v} for k, v in tags.items()],
-            "statuses": ACTIVE_STATUSES,
         }
-        result = self.graphql(ACTIVE_RUNS, {"filter": run_filter})["runsOrError"]
+        result = self.graphql(EARLIER_RUNS, {"filter": run_filter})["runsOrError"]
         if result["__typename"] != "Runs":
             raise AirflowFailException(f"listing runs failed: {result.get('message')}")
         runs = result["results"]
-        return runs[0]["runId"] if runs else None
+        return (runs[0]["runId"], runs[0]["status"]) if runs else None
 
     def status(self, run_id: str) -> str:
         result = self.graphql(RUN_STATUS, {"runId": run_id})["runOrError"]
@@ -353,8 +352,9 @@ class DagsterClient:
 def stock_pipeline() -> None:
     @task(
         task_id="run_stock_pipeline_job",
-        # Retries cover a launch that never reached Dagster; a retry first adopts a run this
-        # Airflow run already started, so it never starts a second one.
+        # Retries cover a launch that never reached Dagster; a retry first adopts the run this
+        # Airflow run already started, going or ended (the try that launched it may have died
+        # after it reached Dagster), so it never starts a second one.
         retries=1,
         retry_delay=timedelta(minutes=1),
         execution_timeout=timedelta(hours=3),
@@ -371,16 +371,23 @@ def stock_pipeline() -> None:
         }
         tags = {**identity, "airflow/try_number": str(context["ti"].try_number)}
 
-        run_id = client.active_run(identity)
-        if run_id:
-            log.info(
-                "Dagster run %s from an earlier try is still going, waiting for it: %s",
-                run_id,
-                settings.run_url(run_id),
-            )
-        else:
+        earlier = client.earlier_run(identity)
+        if earlier is None:
             run_id = client.launch_run(tags)
             log.info("Dagster run %s launched: %s", run_id, settings.run_url(run_id))
+        else:
+            run_id, earlier_status = earlier
+            if earlier_status in TERMINAL_STATUSES:
+                log.info(
+                    "Dagster run %s from an earlier try already ended %s; taking its result "
+                    "instead of launching another: %s",
+                    run_id, earlier_status, settings.run_url(run_id),
+                )  # fmt: skip
+            else:
+                log.info(
+                    "Dagster run %s from an earlier try is still going, waiting for it: %s",
+                    run_id, settings.run_url(run_id),
+                )  # fmt: skip
 
         status = client.wait(run_id)
         if status != "SUCCESS":
