@@ -16,12 +16,7 @@ from dagster import (
     observable_source_asset,
 )
 
-from stock_assets.checks import (
-    CSV_CHECKS,
-    TABLE_CHECKS,
-    TOP_COMPANIES_CHECKS,
-    check_result,
-)
+from stock_assets.checks import CSV_CHECKS, TABLE_CHECKS, TOP_COMPANIES_CHECKS, check_result
 from stock_assets.metadata import (
     CSV,
     CSV_SPEC,

@@ -32,10 +32,7 @@ from stock_assets.pipeline.shards import ShardFailed, ShardResult, clean_up, run
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 
 SHARDED_JOB = "stock_pipeline_sharded_job"
-UNFINISHED = [
-    DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED, DagsterRunStatus.SUSPENDED, DagsterRunStatus.CANCELING,
-]  # fmt: skip
+ENDED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
 def _config(context: OpExecutionContext, settings, postgres, s3) -> RunConfig:
@@ -72,7 +69,8 @@ def sharded_plan(
         yield from _op_events([filter_failed(err)])
         raise Failure(str(err)) from err
     # Leftovers of crashed runs go; those of sharded runs still going (this one included) stay.
-    going = context.instance.get_run_ids(RunsFilter(job_name=SHARDED_JOB, statuses=UNFINISHED))
+    unfinished = [status for status in DagsterRunStatus if status not in ENDED]
+    going = context.instance.get_run_ids(RunsFilter(job_name=SHARDED_JOB, statuses=unfinished))
     keep = {context.run_id, *going}
     clean_up(client, config.bucket, postgres.connect, postgres.table, None, keep=keep)
     yield from _op_events([filter_result(company_filter, config)])
