@@ -68,6 +68,25 @@ def test_s3_503s_during_reads_are_retried_and_the_run_succeeds(loaded, s3_proxy,
     assert 1 <= metadata(result, "historical_stock_data_csv")["reads_retried"] <= 4
 
 
+def test_a_stock_file_s3_refuses_is_skipped_with_the_reason_and_the_rest_loaded(
+    loaded, s3_proxy, s3_client, naming, db
+):
+    # The spec: an unreadable file is skipped and reported, not fatal. S3 refuses one object
+    # (the presigned GET and get_object alike: botocore does not retry a 403).
+    denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+    fault = HttpFault(method="GET", path_contains="/tmusp.us.csv", status=403, body=denied)
+    s3_proxy.faults.append(fault)
+    result = run_job()
+    assert result.success, step_errors(result)
+    assert fault.hits == 2
+    key = f"Output/rejected/{result.run_id}/skipped_files.csv"
+    body = s3_client.get_object(Bucket=naming.source_bucket, Key=key)["Body"].read().decode()
+    assert "tmusp.us.csv,0,unreadable: S3 refused the GET (AccessDenied: Access Denied)" in body
+    rows = table_rows(db)
+    assert rows and not [r for r in rows if r[-1] == "tmusp"]
+    assert sorted(rows) == sorted(r for r in loaded[0] if r[-1] != "tmusp")
+
+
 def test_a_refused_output_write_is_sent_again_whole(loaded, s3_proxy, s3_client, naming, db):
     # The upload body is a reader over the CSV's chunks: botocore must be able to rewind it.
     fault = HttpFault(method="PUT", path_contains=OUTPUT_KEY, status=500, times=2)

@@ -224,6 +224,31 @@ def test_missing_filter_file_fails_with_a_clear_error(seeded_stack, s3_client, n
     assert "top_companies.txt does not exist" in str(failure.event_specific_data.error.message)
 
 
+def test_a_filter_whose_files_cannot_be_read_changes_nothing(seeded_stack, s3_client, naming, db):
+    assert run_job().success
+    before_rows = sorted(table_rows(db))
+    before_csv = output_lines(s3_client, naming)
+    # A filter naming no existing file (a typo'd prefix, say) would make an empty CSV: replacing
+    # two million rows with nothing is a broken input, not a result.
+    s3_client.put_object(
+        Bucket=naming.source_bucket, Key=FILTER_KEY, Body=b"nope.us.csv\nbxg.us.csv\n"
+    )
+    result = run_job()
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "none of the 2 selected files could be read (first: nope.us.csv: missing" in message
+    assert output_lines(s3_client, naming) == before_csv
+    assert sorted(table_rows(db)) == before_rows
+    # The reasons are kept all the same, for each file.
+    key = f"Output/rejected/{result.run_id}/skipped_files.csv"
+    body = s3_client.get_object(Bucket=naming.source_bucket, Key=key)["Body"].read().decode()
+    assert [r["file_name"] for r in csv.DictReader(io.StringIO(body))] == [
+        "nope.us.csv",
+        "bxg.us.csv",
+    ]
+
+
 def test_oversized_file_is_refused_before_any_read(seeded_stack, s3_client, naming):
     big = b"Date,Open,High,Low,Close,Volume,OpenInt\n" + b"2020-01-01,1,1,1,1,1,0\n" * 50_000
     s3_client.put_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}two.us.csv", Body=big)

@@ -163,12 +163,12 @@ def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None)
         load or contextlib.nullcontext(),
     ):
         reader = ObjectReader(client, config.bucket, http, max_bytes=config.max_file_bytes)
-        missing: list[str] = []
+        unread: dict[str, str] = {}
         try:
             # Downloads (a thread pool, in order), transformation in batches, CSV chunks and the
             # COPY of those chunks into the table (another thread) all overlap.
             combined, csv, profile = build_output(
-                read_files(reader, names, missing, config.read_concurrency),
+                read_files(reader, names, unread, config.read_concurrency),
                 names,
                 forward=load.write if load is not None else None,
             )
@@ -181,7 +181,7 @@ def run_pipeline(config: RunConfig, client: Any, connect: Connect | None = None)
         seconds = {"read_transform_seconds": time.perf_counter() - started}
 
         # Rejects are kept whatever happens next: a failed run still shows what it refused.
-        skipped = [FileResult(name, 0, skip_reason=MISSING) for name in missing]
+        skipped = [FileResult(name, 0, skip_reason=reason) for name, reason in unread.items()]
         skipped += combined.skipped_files
         rejects = write_rejects(client, config.bucket, config.run_id, skipped, combined)
         verdicts, duplicates = csv_verdicts(
@@ -260,16 +260,28 @@ def _settle_pyarrow_pandas_check() -> None:
 
 
 def read_files(
-    reader: ObjectReader, names: list[str], missing: list[str], concurrency: int
+    reader: ObjectReader, names: list[str], unread: dict[str, str], concurrency: int
 ) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each named file, in filter order; names without an object go to
-    `missing`. Only the named keys are read: the run never lists `Stocks/`."""
+    """(name, bytes) of each named file, in filter order; a name without an object, or whose
+    object S3 refuses to hand over, goes to `unread` with the reason (the spec: an unreadable
+    file is skipped and reported, not fatal). Only the named keys are read: the run never lists
+    `Stocks/`."""
+    exceptions = reader.client.exceptions
 
-    def get(key: str) -> bytes | None:
+    def get(key: str) -> bytes | str:
         try:
             return reader.read(key)
-        except reader.client.exceptions.NoSuchKey:
-            return None
+        except exceptions.NoSuchKey:
+            return MISSING
+        except exceptions.ClientError as err:
+            # A refusal about the object (403 AccessDenied, an archived object's
+            # InvalidObjectState, a KMS key the role may not use) is the file's. Throttling and
+            # server errors that outlived botocore's retries are an outage: they fail the run.
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if not 400 <= status < 500 or status in (408, 429):
+                raise
+            error = err.response.get("Error", {})
+            return f"unreadable: S3 refused the GET ({error.get('Code')}: {error.get('Message')})"
 
     # The GETs release the GIL: threads overlap them with the transformation downstream. At
     # most a few reads per thread run ahead of the consumer, so bodies never pile up in memory.
@@ -279,8 +291,8 @@ def read_files(
         for name in names:
             body = pending.popleft().result()
             pending.extend(pool.submit(get, key) for key in itertools.islice(keys, 1))
-            if body is None:
-                missing.append(name)
+            if isinstance(body, str):
+                unread[name] = body
             else:
                 yield name, body
 

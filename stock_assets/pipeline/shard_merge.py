@@ -33,7 +33,6 @@ from stock_assets.pipeline.run import (
     CRC32_META,
     DUPLICATES_META,
     FINGERPRINT_META,
-    MISSING,
     ROWS_META,
     RUN_META,
     Connect,
@@ -112,12 +111,12 @@ def _finish(
         return ShardedOutcome(CsvOutcome([limits], len(names)))
     order = {name: i for i, name in enumerate(names)}
     by_name = {f.file_name: f for s in shards for f in s.files}
-    missing = {name for s in shards for name in s.missing}
+    unread = {name: reason for s in shards for name, reason in s.unread.items()}
     cross = sorted(
         (r for s in shards for r in s.cross_file_duplicates), key=lambda r: order[r.file_name]
     )
     combined = CombinedOutput(None, [by_name[n] for n in names if n in by_name], cross, _head([]))
-    skipped = [FileResult(name, 0, skip_reason=MISSING) for name in names if name in missing]
+    skipped = [FileResult(name, 0, skip_reason=unread[name]) for name in names if name in unread]
     skipped += combined.skipped_files
     rejects = write_rejects(client, config.bucket, config.run_id, skipped, combined)
     profile = OutputProfile.merged(s.profile for s in sorted(shards, key=lambda s: s.index))

@@ -89,7 +89,7 @@ class ShardResult:
     files: list[FileResult] = field(default_factory=list)  # tables released
     part_bytes: list[int] = field(default_factory=list)  # bytes each of `files` wrote
     cross_file_duplicates: list[RejectedRow] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
+    unread: dict[str, str] = field(default_factory=dict)  # name → why it was not read
     rows: int = 0
     size: int = 0
     crc32: int = 0
@@ -133,7 +133,7 @@ def _make_part(
     with contextlib.closing(presigned_get_session(client, config.verify)) as http:
         reader = ObjectReader(client, config.bucket, http, max_bytes=config.max_file_bytes)
         combined, csv, profile = build_output(
-            read_files(reader, names, shard.missing, config.read_concurrency),
+            read_files(reader, names, shard.unread, config.read_concurrency),
             names,
             on_rows=lambda name, rows: lengths.__setitem__(name, csv_byte_length(rows)),
         )

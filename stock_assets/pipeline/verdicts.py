@@ -89,6 +89,17 @@ def csv_verdicts(
     reject_share = rejected / combined.rows_read if combined.rows_read else 0.0
     by_reason = rejects_by_reason(combined.rejected_rows)
     upstream_duplicates = sum(n for r, n in by_reason.items() if r.startswith("duplicate"))
+    skipped_files = warning(
+        "skipped_files",
+        Finding(len(skipped), [f"{f.file_name}: {f.skip_reason}" for f in skipped]),
+        kept_at=rejects.get("skipped_files", "none"),
+    )
+    if skipped and not read_ok:  # an empty CSV would replace the data: a broken input, block
+        skipped_files.blocking = True
+        skipped_files.metadata["problem"] = (
+            f"none of the {files_selected} selected files could be read "
+            f"(first: {skipped[0].file_name}: {skipped[0].skip_reason})"
+        )
     verdicts = [
         Verdict("files_reconcile", read_ok + len(skipped) == files_selected, {
             "files_selected": files_selected, "files_read": read_ok,
@@ -116,11 +127,7 @@ def csv_verdicts(
             "examples": [f"{r.file_name}:{r.line} {r.reason}" for r in combined.rejected_rows[:10]],
             "kept_at": rejects.get("rejected_rows", "none"),
         }, blocking=reject_share > max_reject_fraction),
-        warning(
-            "skipped_files",
-            Finding(len(skipped), [f"{f.file_name}: {f.skip_reason}" for f in skipped]),
-            kept_at=rejects.get("skipped_files", "none"),
-        ),
+        skipped_files,
         *(warning(name, found) for name, found in profile.findings.items()),
     ]  # fmt: skip
     return verdicts, duplicates.count
