@@ -162,8 +162,9 @@ def outcome_subject(naming: Naming, succeeded: bool) -> str:
 
 
 def is_pipeline_run(run: DagsterRun) -> bool:
-    """False for a run that makes only assets outside the course's pipeline (the Parquet copy,
-    refreshed by automation): it gets no course email. A job run without a subset is the job."""
+    """False for a run that touches only assets outside the course's pipeline (the Parquet
+    copy refreshed by automation, an observation of raw_stock_files): it gets no course email.
+    A job run without a subset is the job."""
     selected = run.asset_selection
     return not selected or not selected <= NOT_NOTIFIED
 
@@ -187,7 +188,7 @@ def publish_run_outcome(
     run = instance.get_run_by_id(run.run_id) or run
     if not is_pipeline_run(run):
         if log:
-            log.info(f"run {run.run_id} made only {sorted(NOT_NOTIFIED)}: no course email")
+            log.info(f"run {run.run_id} touched only {sorted(NOT_NOTIFIED)}: no course email")
         return None
     if run.tags.get(NOTIFICATION_TAG) == "sent":
         # A replayed tick (the daemon killed after the tag was written): no second email. Only

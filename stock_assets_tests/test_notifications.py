@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
-from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
+from dagster import AssetKey, DagsterEventType, DagsterInstance, build_run_status_sensor_context
 
 from stock_assets.definitions import defs
 from stock_assets.local.sns_inbox import sent_messages
@@ -241,6 +241,21 @@ def test_success_sensor_sends_one_actionable_message(seeded_stack, topic, naming
         assert expected in sent.message, expected
     tags = instance.get_run_by_id(result.run_id).tags
     assert tags[NOTIFICATION_TAG] == "sent" and tags[NOTIFICATION_ID_TAG] == sent.message_id
+
+
+def test_observing_raw_stock_files_sends_no_course_email(seeded_stack, topic, naming):
+    # The UI's "Observe" on raw_stock_files is a run too, but no pipeline run: graders look
+    # for exactly one Success email per pipeline run.
+    instance = DagsterInstance.ephemeral()
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[AssetKey("raw_stock_files")]
+    )
+    assert result.success
+    with sensor_context(
+        instance, result, result.get_run_success_event(), "sns_on_pipeline_success", naming
+    ) as context:
+        sns_on_pipeline_success(context)
+    assert inbox(seeded_stack, naming) == []
 
 
 def failure_email_of_a_run(stack, naming):
