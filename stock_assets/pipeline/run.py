@@ -16,12 +16,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import itertools
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,11 +57,12 @@ from stock_assets.pipeline.s3 import (
     ObjectReader,
     ObjectTooLarge,
     presigned_get_session,
+    read_files,
     read_object,
     s3_uri,
 )
 from stock_assets.pipeline.verdicts import Verdict, csv_verdicts, input_limits
-from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, REJECTED_PREFIX, STOCKS_PREFIX, TABLE_NAME
+from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, REJECTED_PREFIX, TABLE_NAME
 
 # The CSV object's own metadata, so that loading the table alone knows what to expect.
 ROWS_META = "row-count"
@@ -72,7 +70,6 @@ FINGERPRINT_META = "content-fingerprint"
 CRC32_META = "content-crc32"
 DUPLICATES_META = "duplicate-keys"
 RUN_META = "dagster-run-id"
-MISSING = "missing: listed in the filter but not found under Stocks/"
 
 Connect = Callable[[], AbstractContextManager[Any]]
 
@@ -257,44 +254,6 @@ def _settle_pyarrow_pandas_check() -> None:
         pa.array([])
     finally:
         sys.meta_path.remove(finder)
-
-
-def read_files(
-    reader: ObjectReader, names: list[str], unread: dict[str, str], concurrency: int
-) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each named file, in filter order; a name without an object, or whose
-    object S3 refuses to hand over, goes to `unread` with the reason (the spec: an unreadable
-    file is skipped and reported, not fatal). Only the named keys are read: the run never lists
-    `Stocks/`."""
-    exceptions = reader.client.exceptions
-
-    def get(key: str) -> bytes | str:
-        try:
-            return reader.read(key)
-        except exceptions.NoSuchKey:
-            return MISSING
-        except exceptions.ClientError as err:
-            # A refusal about the object (403 AccessDenied, an archived object's
-            # InvalidObjectState, a KMS key the role may not use) is the file's. Throttling and
-            # server errors that outlived botocore's retries are an outage: they fail the run.
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if not 400 <= status < 500 or status in (408, 429):
-                raise
-            error = err.response.get("Error", {})
-            return f"unreadable: S3 refused the GET ({error.get('Code')}: {error.get('Message')})"
-
-    # The GETs release the GIL: threads overlap them with the transformation downstream. At
-    # most a few reads per thread run ahead of the consumer, so bodies never pile up in memory.
-    keys = iter(STOCKS_PREFIX + n for n in names)
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3-read") as pool:
-        pending = deque(pool.submit(get, key) for key in itertools.islice(keys, 4 * concurrency))
-        for name in names:
-            body = pending.popleft().result()
-            pending.extend(pool.submit(get, key) for key in itertools.islice(keys, 1))
-            if isinstance(body, str):
-                unread[name] = body
-            else:
-                yield name, body
 
 
 def write_rejects(

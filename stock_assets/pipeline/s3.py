@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 import threading
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +22,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError
 from botocore.httpsession import URLLib3Session
 from botocore.utils import get_environ_proxies
+
+from stock_assets.settings import STOCKS_PREFIX
 
 
 @dataclass(frozen=True)
@@ -190,3 +195,44 @@ def _checksum_matches(headers: Any, body: bytes) -> bool:
 
 def s3_uri(bucket: str, key: str = "") -> str:
     return f"s3://{bucket}/{key}"
+
+
+MISSING = "missing: listed in the filter but not found under Stocks/"
+
+
+def read_files(
+    reader: ObjectReader, names: list[str], unread: dict[str, str], concurrency: int
+) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each named file, in filter order; a name without an object, or whose
+    object S3 refuses to hand over, goes to `unread` with the reason (the spec: an unreadable
+    file is skipped and reported, not fatal). Only the named keys are read: the run never lists
+    `Stocks/`."""
+    exceptions = reader.client.exceptions
+
+    def get(key: str) -> bytes | str:
+        try:
+            return reader.read(key)
+        except exceptions.NoSuchKey:
+            return MISSING
+        except exceptions.ClientError as err:
+            # A refusal about the object (403 AccessDenied, an archived object's
+            # InvalidObjectState, a KMS key the role may not use) is the file's. Throttling and
+            # server errors that outlived botocore's retries are an outage: they fail the run.
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if not 400 <= status < 500 or status in (408, 429):
+                raise
+            error = err.response.get("Error", {})
+            return f"unreadable: S3 refused the GET ({error.get('Code')}: {error.get('Message')})"
+
+    # The GETs release the GIL: threads overlap them with the transformation downstream. At
+    # most a few reads per thread run ahead of the consumer, so bodies never pile up in memory.
+    keys = iter(STOCKS_PREFIX + n for n in names)
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3-read") as pool:
+        pending = deque(pool.submit(get, key) for key in itertools.islice(keys, 4 * concurrency))
+        for name in names:
+            body = pending.popleft().result()
+            pending.extend(pool.submit(get, key) for key in itertools.islice(keys, 1))
+            if isinstance(body, str):
+                unread[name] = body
+            else:
+                yield name, body

@@ -44,12 +44,8 @@ from stock_assets.pipeline.companies import company_name
 from stock_assets.pipeline.output import build_output, csv_byte_length
 from stock_assets.pipeline.quality import OutputProfile
 from stock_assets.pipeline.records import FileResult, RejectedRow
-from stock_assets.pipeline.run import (
-    Connect,
-    RunConfig,
-    read_files,
-)
-from stock_assets.pipeline.s3 import ObjectReader, ObjectTooLarge, presigned_get_session
+from stock_assets.pipeline.run import Connect, RunConfig
+from stock_assets.pipeline.s3 import ObjectReader, ObjectTooLarge, presigned_get_session, read_files
 from stock_assets.pipeline.sql_files import statements
 from stock_assets.settings import SCRATCH_PREFIX
 
