@@ -46,7 +46,7 @@ CSV_CHECKS = [
           "Rows rejected with a reason; warns if any, blocks above max_reject_fraction.", True),
     _spec(CSV, "skipped_files",
           "Empty, unreadable or missing files: warns; blocks only when no selected file could "
-          "be read (an empty CSV would replace the data).", True),
+          "be read (an empty CSV would replace the data).", False),
     _spec(CSV, "open_zero_rows",
           "Rows with Open = 0: kept, percentage left empty (warns).", False),
     _spec(CSV, "ohlc_consistency",
