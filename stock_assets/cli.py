@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 DEFAULT_WORKDIR = Path(".stock_assets")
+CODE_LOCATION = "stock_assets"  # workspace.yaml's location_name, the Airflow DAG's default
 
 
 def _exit_on_sigterm() -> None:
@@ -145,9 +146,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     # Notification emails link to runs in this UI.
     env.setdefault("STOCK_ASSETS_UI_URL", f"http://127.0.0.1:{args.port}")
+    # The code location is named as in workspace.yaml and the Airflow DAG's default
+    # ("stock_assets"), not after the module: the DAG's launchRun and the sensors' cursors are
+    # keyed by that name. workspace.yaml is not in the installed package, so write its twin here.
+    workspace = stack.workdir / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: stock_assets.definitions\n"
+        f"      location_name: {CODE_LOCATION}\n"
+    )
     command = [
         sys.executable, "-m", "dagster", "dev",
-        "-m", "stock_assets.definitions",
+        "-w", str(workspace),
         "-h", "127.0.0.1", "-p", str(args.port),
     ]  # fmt: skip
     print(f"\nDagster UI on http://127.0.0.1:{args.port} (Ctrl-C stops everything)", flush=True)

@@ -1,9 +1,17 @@
 """The README's first command, `stock-assets demo`, as a user runs it: its own local stack, a
-data folder, one run, the summary. Sample data here; the full set runs in test_full_data.py."""
+data folder, one run, the summary; and `stock-assets dev`, the UI a user opens. Sample data here;
+the full set runs in test_full_data.py."""
 
+import ast
+import contextlib
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import psycopg2
@@ -17,21 +25,22 @@ pytestmark = pytest.mark.stack
 STOCK_ASSETS = str(Path(sys.executable).parent / "stock-assets")
 
 
-def demo(tmp_path: Path, filter_text: str | None = None) -> subprocess.CompletedProcess:
-    """`stock-assets demo` on the sample data (its filter, or `filter_text`), as a user runs it."""
+def user_env(tmp_path: Path, filter_text: str | None = None) -> dict[str, str]:
+    """A user's bare environment with a data folder of the sample (its filter, or `filter_text`)."""
     data = tmp_path / "data"
     shutil.copytree(SAMPLE_STOCKS, data / "Stocks")
     shutil.copy(SAMPLE_FILTER, data / "top_companies.txt")
     if filter_text is not None:
         (data / "top_companies.txt").write_text(filter_text)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "STOCK_ASSETS_DATA_DIR": str(data),
-    }
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STOCK_ASSETS_DATA_DIR": str(data)}
+
+
+def demo(tmp_path: Path, filter_text: str | None = None) -> subprocess.CompletedProcess:
+    """`stock-assets demo` on the sample data, as a user runs it."""
     return subprocess.run(
         [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "demo"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, env=user_env(tmp_path, filter_text), capture_output=True, text=True,
+        timeout=300,
     )  # fmt: skip
 
 
@@ -66,3 +75,82 @@ def test_demo_names_a_warning_about_the_filter_and_still_loads_the_rest(tmp_path
     assert completed.returncode == 0, out + completed.stderr
     assert "the pipeline succeeded" in out
     assert "warnings: filter_file_valid, skipped_files (1), open_zero_rows (1)" in out
+
+
+def airflow_dag_defaults() -> dict:
+    """The DAG's DEFAULTS, read from its source: the DAG module imports Airflow, which lives in
+    its own virtualenv (see airflow_env.py)."""
+    tree = ast.parse((REPO_ROOT / "airflow" / "dags" / "stock_pipeline.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "DEFAULTS":
+            pairs = zip(node.value.keys, node.value.values, strict=True)
+            # The names of the launch (literals); the computed values are not needed here.
+            return {ast.literal_eval(k): ast.literal_eval(v) for k, v in pairs
+                    if isinstance(v, ast.Constant)}  # fmt: skip
+    raise AssertionError("no DEFAULTS in the Airflow DAG")
+
+
+def graphql(port: int, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+        return json.load(response)["data"]
+
+
+def test_dev_serves_the_location_the_airflow_dag_launches_into(tmp_path):
+    """`stock-assets dev` names its code location as workspace.yaml and the Airflow DAG do, so
+    the DAG's launchRun (its default Variable) reaches it, and the run it launches succeeds."""
+    from stock_assets.local.stack import free_port
+
+    port, defaults = free_port(), airflow_dag_defaults()
+    log = (tmp_path / "dev.log").open("w")
+    process = subprocess.Popen(
+        [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "dev", "--port", str(port)],
+        cwd=tmp_path, env=user_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline, locations = time.monotonic() + 180, None
+        while locations is None and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "dev.log").read_text()[-3000:]
+            try:
+                workspace = graphql(port, "{ workspaceOrError { ... on Workspace { "
+                                    "locationEntries { name loadStatus } } } }")  # fmt: skip
+                entries = workspace["workspaceOrError"]["locationEntries"]
+                if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                    locations = [e["name"] for e in entries]
+            except OSError:
+                pass
+            time.sleep(1)
+        assert locations == [defaults["location"]]
+        # The launch the DAG makes with its defaults.
+        selector = {
+            "repositoryLocationName": defaults["location"],
+            "repositoryName": defaults["repository"],
+            "jobName": defaults["job"],
+        }
+        launched = graphql(
+            port,
+            "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename "
+            "... on LaunchRunSuccess { run { runId } } } }",
+            {"p": {"selector": selector}},
+        )["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id, status = launched["run"]["runId"], None
+        while status not in {"SUCCESS", "FAILURE", "CANCELED"} and time.monotonic() < deadline:
+            time.sleep(1)
+            query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+            status = graphql(port, query, {"id": run_id})["runOrError"]["status"]
+        assert status == "SUCCESS", (tmp_path / "dev.log").read_text()[-3000:]
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
