@@ -42,12 +42,27 @@ def _objects(bucket: str, pattern: str) -> str:
     return f"arn:aws:s3:::{bucket}/{pattern}"
 
 
+def sns_topic_arn(naming: Naming, region: str, account_id: str) -> str:
+    """The topic's ARN: STOCK_ASSETS_SNS_TOPIC may already be one (say, another account's)."""
+    topic = naming.sns_topic
+    return topic if topic.startswith("arn:") else f"arn:aws:sns:{region}:{account_id}:{topic}"
+
+
+def _find_topic(naming: Naming) -> list[dict[str, Any]]:
+    # A topic given by name is looked up (ListTopics, which has no resource scope); by ARN, not.
+    if naming.sns_topic.startswith("arn:"):
+        return []
+    return [
+        {"Sid": "FindTopic", "Effect": "Allow", "Action": ["sns:ListTopics"], "Resource": ["*"]}
+    ]
+
+
 def pipeline_role_policy(
     naming: Naming, region: str = "eu-west-1", account_id: str = "*"
 ) -> Policy:
     """What the code location (webserver, daemon, runs) needs, and nothing more."""
     source, monitored = naming.source_bucket, naming.monitored_bucket
-    topic_arn = f"arn:aws:sns:{region}:{account_id}:{naming.sns_topic}"
+    topic = sns_topic_arn(naming, region, account_id)
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -105,15 +120,9 @@ def pipeline_role_policy(
                 "Sid": "Notify",
                 "Effect": "Allow",
                 "Action": ["sns:Publish"],
-                "Resource": [topic_arn],
+                "Resource": [topic],
             },
-            {
-                # The SNS resource looks the topic up by name when given no ARN.
-                "Sid": "FindTopic",
-                "Effect": "Allow",
-                "Action": ["sns:ListTopics"],
-                "Resource": ["*"],
-            },
+            *_find_topic(naming),
         ],
     }
 
@@ -151,16 +160,16 @@ def provisioner_policy(naming: Naming, region: str = "eu-west-1", account_id: st
             {
                 "Sid": "Topic",
                 "Effect": "Allow",
-                "Action": ["sns:CreateTopic", "sns:Subscribe", "sns:ListSubscriptionsByTopic"],
-                "Resource": [f"arn:aws:sns:{region}:{account_id}:{naming.sns_topic}"],
+                "Action": [
+                    # GetTopicAttributes: a topic given as an ARN is checked, not created.
+                    "sns:CreateTopic",
+                    "sns:GetTopicAttributes",
+                    "sns:Subscribe",
+                    "sns:ListSubscriptionsByTopic",
+                ],
+                "Resource": [sns_topic_arn(naming, region, account_id)],
             },
-            {
-                # provision looks the topic up by name before creating it.
-                "Sid": "FindTopic",
-                "Effect": "Allow",
-                "Action": ["sns:ListTopics"],
-                "Resource": ["*"],
-            },
+            *_find_topic(naming),
         ],
     }
 

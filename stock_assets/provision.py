@@ -156,7 +156,17 @@ def _policy_steps(s3: Any, config: ProvisionConfig) -> list[Step]:
 
 
 def ensure_topic(sns: Any, name: str) -> tuple[str, bool]:
-    """The topic's ARN, and whether this call created it."""
+    """The topic's ARN, and whether this call created it. A topic given as an ARN (possibly in
+    another account) must exist already: provision creates topics from a name only."""
+    if name.startswith("arn:"):
+        try:
+            sns.get_topic_attributes(TopicArn=name)
+        except sns.exceptions.NotFoundException:
+            raise ValueError(
+                f"SNS topic {name} does not exist. Create it, or set STOCK_ASSETS_SNS_TOPIC to a "
+                "topic name for provision to create it."
+            ) from None
+        return name, False
     existing = find_topic_arn(sns, name)
     # CreateTopic is idempotent: it returns the existing topic's ARN.
     return existing or sns.create_topic(Name=name)["TopicArn"], existing is None

@@ -186,6 +186,40 @@ def test_the_provisioner_policy_allows_every_call_provision_makes(
     assert denied(iam.provisioner_policy(naming, REGION, ACCOUNT), aws_calls) == []
 
 
+def test_a_topic_given_as_an_arn_is_checked_not_created_and_is_the_policies_resource(
+    clean_stack, aws_calls
+):
+    """STOCK_ASSETS_SNS_TOPIC may be a topic's ARN (say, a topic another account owns): provision
+    checks it exists and subscribes to it, publishing needs no lookup, and both policies name
+    that ARN itself (not an ARN inside an ARN)."""
+    sns = boto3.client("sns")
+    arn = sns.create_topic(Name="shared-course-topic")["TopicArn"]
+    naming = Naming(sns_topic_override=arn)
+    del aws_calls[:]
+    config = ProvisionConfig(
+        naming=naming, region=REGION, emails=["dora@example.com"], filter_file=SAMPLE_FILTER
+    )
+    assert provision(config, echo=lambda _: None).topic_arn == arn
+    assert denied(iam.provisioner_policy(naming, REGION, ACCOUNT), aws_calls) == []
+    assert [t["TopicArn"] for t in sns.list_topics()["Topics"]] == [arn]  # nothing created
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=arn)["Subscriptions"]
+    assert [s["Endpoint"] for s in subscriptions] == ["dora@example.com"]
+    del aws_calls[:]
+    SNSResource(topic=arn).publish("Dora_Explorer_Pipeline_Success", "body")
+    assert [operation for _, operation, _ in aws_calls] == ["Publish"]
+    policy = iam.pipeline_role_policy(naming, REGION, ACCOUNT)
+    assert denied(policy, aws_calls) == []
+    assert [s["Resource"] for s in policy["Statement"] if s["Sid"] == "Notify"] == [[arn]]
+    assert "sns:ListTopics" not in json.dumps(policy)
+    # An ARN of a topic that does not exist is a clear error, not a topic made up elsewhere.
+    missing = ProvisionConfig(
+        naming=Naming(sns_topic_override=arn + "-gone"), region=REGION, filter_file=SAMPLE_FILTER
+    )
+    with pytest.raises(ValueError, match="does not exist"):
+        provision(missing, echo=lambda _: None)
+    assert len(sns.list_topics()["Topics"]) == 1
+
+
 # --- provision applies the grader policy of choice -----------------------------------------------
 
 
