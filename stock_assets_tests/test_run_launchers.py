@@ -116,6 +116,32 @@ def test_run_containers_override_gives_what_the_launcher_needs() -> None:
     assert _yaml(REPO_ROOT / "dagster.yaml")["run_launcher"]["class"] == "DefaultRunLauncher"
 
 
+# Settings the project reads that a run does not need: the local data folder, provision's
+# inputs, and the sensors' interval (sensors run in the code server, not in runs).
+NOT_READ_BY_RUNS = {
+    "STOCK_ASSETS_DATA_DIR",
+    "STOCK_ASSETS_STATIC_IP",
+    "STOCK_ASSETS_NOTIFY_EMAILS",
+    "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS",
+}
+
+
+def test_run_containers_get_every_setting_a_run_reads() -> None:
+    """A run container sees only the names the launcher passes on: a setting left out there is
+    silently ignored in runs (a shard count, a TLS mode, temporary credentials) while the
+    webserver and daemon honour it."""
+    env_vars = set(_yaml(DOCKER_INSTANCE)["run_launcher"]["config"]["env_vars"])
+    source = "\n".join(p.read_text() for p in (REPO_ROOT / "stock_assets").rglob("*.py"))
+    read = set(re.findall(r"\bSTOCK_ASSETS_[A-Z_]+[A-Z]\b", source))
+    assert "STOCK_ASSETS_SHARDS" in read and read >= NOT_READ_BY_RUNS
+    assert read - NOT_READ_BY_RUNS <= env_vars
+    # libpq's variables (docs/deployment.md, "RDS and TLS") and temporary AWS credentials.
+    assert {"PGPASSWORD", "PGSSLMODE", "PGSSLROOTCERT", "AWS_SESSION_TOKEN"} <= env_vars
+    # Unset, PGSSLMODE must not reach libpq empty: it refuses sslmode "".
+    daemon_env = _yaml(RUN_CONTAINERS)["services"]["daemon"]["environment"]
+    assert daemon_env["PGSSLMODE"] == "${PGSSLMODE:-prefer}"
+
+
 def _env_template_keys() -> list[str]:
     """Keys of docker/.env.example, set or commented out (`# KEY=`)."""
     return re.findall(r"(?m)^#? ?([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text())
