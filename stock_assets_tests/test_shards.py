@@ -213,6 +213,32 @@ def s3_proxy(local_stack, monkeypatch):
     proxy.stop()
 
 
+def test_a_clean_up_that_fails_after_the_commit_leaves_the_run_succeeded(
+    richer_stack, s3_proxy, s3_client, naming, db
+):
+    # S3 refuses to delete the run's scratch parts (DeleteObjects) once its table is committed:
+    # the run still succeeded with the new CSV and table, and the next sharded run's plan step
+    # removes what was left.
+    single = run_job()
+    assert single.success
+    expected = snapshot(s3_client, naming, db, single.run_id)
+    fault = HttpFault(method="POST", path_contains="?delete", status=403)
+    s3_proxy.faults.append(fault)
+    success, run_id, failures = run_sharded(1, processes=False)
+    assert success, failures
+    assert fault.hits >= 1
+    got = snapshot(s3_client, naming, db, run_id)
+    assert {k: v for k, v in got.items() if k != "loads"} == {
+        k: v for k, v in expected.items() if k != "loads"
+    }
+    assert any(
+        key.startswith(f"{SCRATCH_PREFIX}{run_id}/") for key in leftovers(s3_client, naming, db)
+    )
+    s3_proxy.faults.clear()
+    assert run_sharded(1, processes=False)[0]
+    assert leftovers(s3_client, naming, db) == []
+
+
 def test_a_failing_shard_fails_the_run_and_changes_nothing(
     richer_stack, s3_client, naming, db, s3_proxy
 ):

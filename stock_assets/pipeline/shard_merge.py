@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,7 @@ from stock_assets.pipeline.shards import (
 from stock_assets.pipeline.verdicts import csv_verdicts, input_limits
 from stock_assets.settings import OUTPUT_KEY
 
+log = logging.getLogger(__name__)
 UPLOAD_PART_BYTES = 8 << 20  # S3's parts: at least 5 MiB but the last
 
 
@@ -86,11 +88,19 @@ def finish_sharded(
 ) -> ShardedOutcome:
     """The verdicts over all shards, the CSV in filter order, the table in one transaction (see
     the module's docstring). Raises ShardFailed if a shard failed; the scratch objects and the
-    staging tables of this run are removed in every case."""
+    staging tables of this run are removed in every case, or, if that fails, by the next sharded
+    run's plan step."""
     try:
         return _finish(config, client, connect, names, shards, started_at)
     finally:
-        clean_up(client, config.bucket, connect, config.table, config.run_id)
+        # A failed clean-up must neither fail a run whose table is committed nor hide the error
+        # that ended it: the leftovers are only scratch, and the next plan step removes them.
+        try:
+            clean_up(client, config.bucket, connect, config.table, config.run_id)
+        except Exception:  # noqa: BLE001 - any failure here is reported, never raised
+            log.warning(
+                "scratch of run %s left for the next sharded run", config.run_id, exc_info=True
+            )
 
 
 def _finish(
