@@ -55,6 +55,13 @@ CORPUS: dict[str, tuple[bytes, int, list[str], str | None]] = {
         ["Volume is not"],
         None,
     ),
+    # 19 digits fit an int64, but not the rule: rejected on every path.
+    "volume19.us.csv": (
+        H + GOOD + b"2020-01-03,1,2,1,1,1000000000000000000,0\n",
+        1,
+        ["Volume is not"],
+        None,
+    ),
     "negvolume.us.csv": (H + GOOD + b"2020-01-03,1,2,1,1,-7,0\n", 1, ["Volume is not"], None),
     "bom.us.csv": (b"\xef\xbb\xbf" + H + GOOD, 1, [], None),
     "crlf.us.csv": (H.replace(b"\n", b"\r\n") + GOOD.replace(b"\n", b"\r\n"), 1, [], None),

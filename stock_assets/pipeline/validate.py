@@ -26,8 +26,10 @@ from stock_assets.pipeline.records import FileResult, RejectedRow
 _DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 # Non-negative decimal, as the source writes prices: no sign, exponent, NaN or inf.
 _PRICE_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)$"
-# Up to 18 digits: always fits the int64 the volume is parsed into.
-_VOLUME_PATTERN = r"^[0-9]{1,18}$"
+# Up to 18 digits: always fits the int64 the volume is parsed into (the fast path keeps the
+# same bound, see fast_path._typed_columns).
+VOLUME_DIGITS = 18
+_VOLUME_PATTERN = rf"^[0-9]{{1,{VOLUME_DIGITS}}}$"
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
 _OVERFLOW_REASON = "a price, or the change or percentage computed from it, overflows a double"
