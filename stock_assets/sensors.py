@@ -6,6 +6,7 @@ markers are new and how they group into runs is `stock_assets.markers`."""
 from collections.abc import Sequence
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from dagster import (
     AssetObservation,
     AutomationConditionSensorDefinition,
@@ -102,8 +103,8 @@ def _observe_stocks(
     the run reads only the files the filter names and never lists the 7,000-odd keys."""
     try:
         objects = list_objects(client, bucket, STOCKS_PREFIX)
-    except client.exceptions.NoSuchBucket:
-        context.log.warning(f"source bucket s3://{bucket} does not exist; nothing to observe")
+    except (BotoCoreError, ClientError) as error:  # only an observation: the runs still start
+        context.log.warning(f"nothing observed: listing s3://{bucket}/{STOCKS_PREFIX}: {error}")
         return []
     metadata = stocks_observation(objects, bucket)
     return [
