@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from typing import Any
 
@@ -24,5 +25,9 @@ def _session(profile_name: str | None) -> boto3.session.Session:
 
 def aws_client(service: str, profile_name: str | None = None, **kwargs: Any) -> Any:
     """A boto3 client from the process's shared session (see `_session`)."""
+    # AWS_REGION is what the README, ECS and Lambda set, but botocore reads only
+    # AWS_DEFAULT_REGION (and its config file): pass it on. An explicit region_name wins.
+    if not kwargs.get("region_name"):
+        kwargs["region_name"] = os.environ.get("AWS_REGION") or None
     with _SESSION_LOCK:
         return _session(profile_name).client(service, **kwargs)

@@ -169,8 +169,7 @@ class SNSResource(ConfigurableResource):
             # total_max_attempts counts the first call too, as max_attempts promises.
             retries={"mode": "standard", "total_max_attempts": self.max_attempts},
         )
-        region = self.region_name or os.environ.get("AWS_REGION") or None
-        return aws_client("sns", region_name=region, config=config)
+        return aws_client("sns", region_name=self.region_name, config=config)
 
     def publish(self, subject: str, message: str) -> str:
         """Publish once; returns the SNS message id (see `stock_assets.sns.publish`)."""

@@ -31,3 +31,16 @@ def test_clients_from_the_shared_session_still_follow_the_environment(local_stac
     assert later.meta.region_name == "ap-southeast-2"
     assert SNSResource(topic="t").get_client().meta.endpoint_url == "http://127.0.0.1:9"
     assert first.meta.endpoint_url == local_stack.env["AWS_ENDPOINT_URL"]  # made earlier, unchanged
+
+
+def test_aws_region_alone_sets_every_clients_region(local_stack, monkeypatch):
+    """The README sets AWS_REGION, as ECS and Lambda do; botocore itself reads only
+    AWS_DEFAULT_REGION. An explicit region_name still wins."""
+    from stock_assets.resources import SNSResource, StockS3Resource
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    assert StockS3Resource().get_client().meta.region_name == "eu-central-1"
+    assert SNSResource(topic="t").get_client().meta.region_name == "eu-central-1"
+    chosen = StockS3Resource(region_name="us-west-2").get_client()
+    assert chosen.meta.region_name == "us-west-2"
