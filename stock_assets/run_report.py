@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -169,6 +170,9 @@ def is_pipeline_run(run: DagsterRun) -> bool:
     return not selected or not selected <= NOT_NOTIFIED
 
 
+_PUBLISH_LOCK = threading.Lock()
+
+
 def publish_run_outcome(
     instance: DagsterInstance,
     run: DagsterRun,
@@ -185,29 +189,35 @@ def publish_run_outcome(
     A failed publication is made visible where people look (the run's tags and event log, `log`)
     and re-raised, so a sensor's tick fails in the UI and `entry` exits 3.
     """
-    run = instance.get_run_by_id(run.run_id) or run
-    if not is_pipeline_run(run):
+    # One at a time in this process: the canceled and failure sensors can both fire for one run
+    # (the daemon's max-runtime limit reports CANCELED, then FAILURE) in parallel threads of the
+    # code server, and each must see the other's "sent" tag before it publishes.
+    with _PUBLISH_LOCK:
+        run = instance.get_run_by_id(run.run_id) or run
+        if not is_pipeline_run(run):
+            if log:
+                log.info(f"run {run.run_id} touched only {sorted(NOT_NOTIFIED)}: no course email")
+            return None
+        if run.tags.get(NOTIFICATION_TAG) == "sent":
+            # A replayed tick (the daemon killed after the tag was written): no second email. Only
+            # a kill between SNS's answer and this tag can still send one twice (at least once).
+            if log:
+                log.info(f"notification for run {run.run_id} already sent; skipping")
+            return None
+        subject = outcome_subject(naming, succeeded)
+        body = build_body(build_report(instance, run, succeeded, run_failure_message))
+        try:
+            message_id = sns.publish(subject, body)
+        except NotificationError as err:
+            message = f"SNS notification for run {run.run_id} was NOT sent: {err}"
+            if log:
+                log.error(message)
+            instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
+            instance.report_engine_event(message, dagster_run=run)
+            raise
+        instance.add_run_tags(
+            run.run_id, {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id}
+        )
         if log:
-            log.info(f"run {run.run_id} touched only {sorted(NOT_NOTIFIED)}: no course email")
-        return None
-    if run.tags.get(NOTIFICATION_TAG) == "sent":
-        # A replayed tick (the daemon killed after the tag was written): no second email. Only
-        # a kill between SNS's answer and this tag can still send one twice (at least once).
-        if log:
-            log.info(f"notification for run {run.run_id} already sent; skipping")
-        return None
-    subject = outcome_subject(naming, succeeded)
-    body = build_body(build_report(instance, run, succeeded, run_failure_message))
-    try:
-        message_id = sns.publish(subject, body)
-    except NotificationError as err:
-        message = f"SNS notification for run {run.run_id} was NOT sent: {err}"
-        if log:
-            log.error(message)
-        instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
-        instance.report_engine_event(message, dagster_run=run)
-        raise
-    instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id})
-    if log:
-        log.info(f"sent {subject!r} for run {run.run_id} (SNS message {message_id})")
-    return message_id
+            log.info(f"sent {subject!r} for run {run.run_id} (SNS message {message_id})")
+        return message_id

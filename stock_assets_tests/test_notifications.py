@@ -1,6 +1,8 @@
 """Notifications: message building (pure), the SNS resource on moto, and the run-status sensors
 invoked on real in-process runs of the pipeline."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -381,3 +383,48 @@ def test_the_report_names_the_table_the_run_loaded(seeded_stack, local_stack, db
             cur.execute(
                 sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(elsewhere))
             )
+
+
+def test_a_run_ended_both_canceled_and_failed_gets_one_email(seeded_stack, topic, naming):
+    # The daemon's max-runtime limit: CANCELING, the run worker's CANCELED, then the daemon's
+    # own FAILURE. The canceled and failure sensors both fire, in the same tick and in parallel
+    # threads (dagster.yaml: sensors.use_threads), and must not both email.
+    from stock_assets.sensors import sns_on_pipeline_canceled
+
+    instance = DagsterInstance.ephemeral()
+    run = instance.create_run_for_job(
+        defs.resolve_job_def("stock_pipeline_job"), tags={TRIGGER_TAG: "test"}
+    )
+    instance.report_run_canceling(run, message="Canceling due to exceeding maximum runtime")
+    instance.report_run_canceled(run)
+    instance.report_run_failed(run, "Exceeded maximum runtime of 3600 seconds.")
+    sensors = {
+        DagsterEventType.RUN_CANCELED: ("sns_on_pipeline_canceled", sns_on_pipeline_canceled),
+        DagsterEventType.RUN_FAILURE: ("sns_on_pipeline_failure", sns_on_pipeline_failure),
+    }
+    contexts = []
+    for event_type, (name, evaluate) in sensors.items():
+        [record] = instance.get_records_for_run(run.run_id, of_type=event_type).records
+        context = build_run_status_sensor_context(
+            sensor_name=name,
+            dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(run.run_id),
+            dagster_event=record.event_log_entry.dagster_event,
+            resources={"sns": SNSResource(topic=naming.sns_topic), "settings": PipelineSettings()},
+        )
+        contexts.append((context.__enter__(), evaluate))
+    start = threading.Barrier(len(contexts))
+
+    def tick(context, evaluate) -> None:
+        start.wait()
+        evaluate(context)
+
+    try:
+        with ThreadPoolExecutor(len(contexts)) as pool:
+            for future in [pool.submit(tick, *pair) for pair in contexts]:
+                future.result()
+    finally:
+        for context, _ in contexts:
+            context.__exit__(None, None, None)
+    [sent] = inbox(seeded_stack, naming)
+    assert sent.subject == "Dora_Explorer_Pipeline_Failure"
