@@ -2,8 +2,9 @@
 
 The course's file is one line of single-quoted names separated by commas:
 `'tmusp.us.csv', 'mcv.us.csv', …`. Newlines between entries and unquoted or double-quoted names are
-accepted too. Order is output order; duplicates are dropped (first one wins) and reported; names
-that could escape `Stocks/` or are not `.csv` files are refused with a reason.
+accepted too. Order is output order; duplicates are dropped (first one wins) and reported; a name
+that is not a plain file name directly under `Stocks/` (letters, digits, `_`, `.` and `-` only,
+no leading dot, ending in `.csv`) is refused with a reason, so nothing can escape the folder.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The data model every transform module shares: one input file's result and its rejected rows.
 
 Kept apart from the code that fills them so the validation path, the fast path, the batching and
-the combining can all import it without importing each other. Every data row read ends up either
-in a file's output table or in its rejects, so counts always reconcile:
-`rows_read = rows_written + rows_rejected`.
+the combining can all import it without importing each other. Every data row a file holds ends up
+either in its output table or in its rejects; combining then moves a later file's rows for dates
+an earlier file of the same company supplied into the rejects too (`combine`), so the run's
+totals always reconcile: `rows_read = rows_written + rows_rejected`.
 """
 
 from __future__ import annotations

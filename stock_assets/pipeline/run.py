@@ -7,8 +7,10 @@ materialisations and check results and never calls back down. `load_table_from_o
 table-alone path (the CSV object already in S3).
 
 A blocking verdict leaves the CSV object and the table as they were. The table commits only
-after the CSV was checked and published, so it never holds rows the published CSV does not; if
-the commit itself fails, the new CSV stays published and the table is unchanged.
+after the CSV was checked and published, so it never holds rows the published CSV does not. A
+database failure (during the COPY or at the commit) leaves the table unchanged, while the CSV,
+which does not depend on the database, is still checked and published. (The sharded job
+publishes the CSV only once its table has passed its checks: see `shard_merge`.)
 """
 
 from __future__ import annotations

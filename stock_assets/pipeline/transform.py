@@ -5,8 +5,8 @@ itself is split by concern: `validate` (the checks every file gets, and the gene
 path), `fast_path` (typed parsing of files certain to pass), `derive` (the output columns both
 paths build), `floats` (Python's number text), `records` (the results) and `combine` (joining
 files). Pure functions over bytes and Arrow tables; no S3, no Dagster. Every data row read ends
-up either in the output or in the rejects, so counts always reconcile:
-`rows_read = rows_written + rows_rejected`.
+up either in the output or in the rejects (a cross-file duplicate among them, see `combine`), so
+counts always reconcile: `rows_read = rows_written + rows_rejected`.
 
 Output columns (all as text, exactly as they are written to the CSV and the table):
 stock_date, open_value, high_value, low_value, close_value, volume_traded,
