@@ -125,8 +125,16 @@ def test_passwords_never_reach_logs_or_the_ui():
     shown = redact_url("host=db password = 'se cr\\'et' dbname=prod")
     assert shown == "host=db password = *** dbname=prod"
     # And each form still connects as given: only what is shown changes.
-    for dsn in ["host=db password=x", "postgresql://u:p@h/d?password=q"]:
-        assert psycopg2.extensions.parse_dsn(psycopg2_dsn(dsn))
+    parse = psycopg2.extensions.parse_dsn
+    assert parse(psycopg2_dsn("host=db password=x")) == {"host": "db", "password": "x"}
+    parsed = parse(psycopg2_dsn("postgresql+psycopg2://u:p@h/d?password=q&sslmode=require"))
+    assert parsed == {
+        "user": "u",
+        "password": "q",
+        "host": "h",
+        "dbname": "d",
+        "sslmode": "require",
+    }
 
 
 def test_hostile_table_names_are_quoted_not_injected(clean_stack, db):

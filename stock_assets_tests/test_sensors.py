@@ -168,7 +168,12 @@ def test_new_markers_compare_key_and_version():
         Marker("c/.SUCCESS", "e3", "t3"),  # new
     ]
     assert [m.key for m in new_markers(markers, seen)] == ["b/.SUCCESS", "c/.SUCCESS"]
-    assert next_seen(markers) == {m.key: m.version for m in markers}
+    # The version each marker is remembered by: its ETag and its LastModified.
+    assert next_seen(markers) == {
+        "a/.SUCCESS": "e1@t1",
+        "b/.SUCCESS": "e2@t3",
+        "c/.SUCCESS": "e3@t3",
+    }
 
 
 def test_cursor_round_trips_and_refuses_unknown_versions():

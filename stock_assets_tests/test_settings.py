@@ -28,3 +28,18 @@ def test_unset_or_empty_settings_take_the_defaults(monkeypatch):
         monkeypatch.setenv(var, "  ")
     assert Naming.from_env() == Naming() == Naming.from_settings({})
     assert PipelineSettings.from_env().naming == Naming()
+
+
+def test_every_name_follows_the_person_and_the_overrides():
+    """The course's names for someone else than the default person, and the overrides."""
+    ada = Naming("Ada", "Lovelace")
+    assert ada.source_bucket == "de-mbd-predict-ada-lovelace-s3-source"
+    assert ada.monitored_bucket == "de-mbd-predict-ada-lovelace-monitored-bucket"
+    assert ada.sns_topic == "de-mbd-predict-ada-lovelace-SNS"
+    assert ada.subject("Failure") == "Ada_Lovelace_Pipeline_Failure"
+    cohort = Naming("Ada", "Lovelace", "FTDE2301")
+    assert cohort.source_bucket == "ftde2301-mbd-predict-ada-lovelace-s3-source"
+    assert cohort.subject("Success") == "FTDE2301_Ada_Lovelace_Pipeline_Success"
+    overridden = Naming.from_settings({"source_bucket": "x-src", "sns_topic": "t"})
+    assert (overridden.source_bucket, overridden.sns_topic) == ("x-src", "t")
+    assert overridden.monitored_bucket == Naming().monitored_bucket
