@@ -222,12 +222,10 @@ def _table_step(config: ProvisionConfig) -> Step:
     def run() -> str:
         if not config.database_url:
             return "SKIPPED: STOCK_ASSETS_DATABASE_URL is not set"
-        import psycopg2
-
-        from stock_assets.database import psycopg2_dsn, redact_url
+        from stock_assets.database import connect, redact_url
         from stock_assets.pipeline.load import ensure_table
 
-        conn = psycopg2.connect(psycopg2_dsn(config.database_url), connect_timeout=10)
+        conn = connect(config.database_url, connect_timeout=10)
         try:
             with conn:
                 ensure_table(conn, TABLE_NAME)

@@ -10,7 +10,6 @@ from contextlib import AbstractContextManager, closing
 from dataclasses import fields
 from typing import Any
 
-import psycopg2
 from botocore import UNSIGNED
 from botocore.config import Config
 from dagster import ConfigurableResource
@@ -19,7 +18,7 @@ from pydantic import Field, PrivateAttr
 
 from stock_assets import sns
 from stock_assets.aws import aws_client
-from stock_assets.database import psycopg2_dsn, redact_url
+from stock_assets.database import connect, redact_url
 from stock_assets.notifications import sanitise_subject
 from stock_assets.pipeline.run import RunConfig
 from stock_assets.settings import (
@@ -82,10 +81,9 @@ class PostgresResource(ConfigurableResource):
     table: str = Field(default=TABLE_NAME, description="Target table name.")
 
     def connect(self) -> AbstractContextManager[Any]:
-        dsn = psycopg2_dsn(self.database_url)
         timeout = self.connect_timeout_seconds
         return closing(
-            psycopg2.connect(dsn, connect_timeout=timeout, application_name="stock_assets")
+            connect(self.database_url, connect_timeout=timeout, application_name="stock_assets")
         )
 
     @property

@@ -166,3 +166,19 @@ def test_names_that_would_break_bucket_names_or_subjects_are_refused(fields):
     with pytest.raises(ValueError):
         Naming(**fields)
     assert Naming(cohort="FTDE2301").source_bucket.startswith("ftde2301-mbd-predict-")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:pa%zzss@127.0.0.1:1/prod",
+        "postgresql+psycopg2://app@127.0.0.1:1/prod?sslmode=require&password=pa%zzss",
+    ],
+)
+def test_a_malformed_url_fails_without_showing_its_password(url):
+    # libpq quotes the part it cannot parse; the error becomes the step's error, the run's log
+    # and the failure email.
+    with pytest.raises(psycopg2.Error) as raised, PostgresResource(database_url=url).connect():
+        pass
+    assert "invalid percent-encoded token" in str(raised.value)
+    assert "zzss" not in str(raised.value)
