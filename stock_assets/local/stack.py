@@ -28,15 +28,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_http(url: str, timeout: float = 20.0) -> None:
+def _wait_for_http(
+    url: str,
+    timeout: float = 20.0,
+    process: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> None:
+    """Until `url` answers; fails at once, with the end of its log, if `process` exits first."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback URL we built
                 return
         except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer within {timeout:.0f}s") from None
+            exited = process is not None and process.poll() is not None
+            if exited or time.monotonic() > deadline:
+                what = (
+                    f"exited ({process.returncode})"
+                    if exited
+                    else f"did not answer within {timeout:.0f}s"
+                )
+                tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+                raise RuntimeError(
+                    f"{url}: the server {what}; {log or 'no log'}:\n{tail}"
+                ) from None
             time.sleep(0.1)
 
 
@@ -59,15 +74,22 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, log_path: Path | None = None) -> None:
-        log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**MOTO_ENV, **os.environ},
-        )
-        _wait_for_http(f"{self.endpoint_url}/moto-api/")
+        with open(log_path or os.devnull, "ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**MOTO_ENV, **os.environ},
+            )
+        try:
+            self._configure(log_path)
+        except BaseException:  # its own session: nothing else would ever stop it
+            self.stop()
+            raise
+
+    def _configure(self, log_path: Path | None) -> None:
+        _wait_for_http(f"{self.endpoint_url}/moto-api/", process=self.process, log=log_path)
         # moto 5.2 advances a Glacier-restore simulation on every state read, which breaks
         # /moto-api/data.json after multipart uploads: freeze it (see FIELD-NOTES).
         request = urllib.request.Request(
@@ -134,8 +156,12 @@ class LocalStack:
     def start(self) -> dict[str, str]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.moto.start(self.workdir / "moto.log")
-        self.postgres = EmbeddedPostgres(self.workdir / "pgdata")
-        self.postgres.start()
+        try:
+            self.postgres = EmbeddedPostgres(self.workdir / "pgdata")
+            self.postgres.start()
+        except BaseException:
+            self.stop()
+            raise
         return self.env
 
     @property
