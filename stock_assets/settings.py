@@ -42,7 +42,12 @@ _NAME_PART = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # whole value: fullmatch
 
 
 def aws_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    """The region the clients use (see `aws.aws_client`): AWS_REGION, AWS_DEFAULT_REGION, the
+    profile's own (~/.aws/config), else the course's eu-west-1."""
+    import boto3
+
+    from_env = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return from_env or boto3.session.Session().region_name or DEFAULT_REGION
 
 
 def _slug(part: str) -> str:

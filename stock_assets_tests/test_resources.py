@@ -1,5 +1,8 @@
 """The S3 resource's client: SigV4 signatures (presigned reads too), or none when asked."""
 
+import subprocess
+import sys
+
 
 def test_the_s3_client_signs_with_sigv4_unless_told_to_use_no_signature(local_stack):
     from botocore import UNSIGNED
@@ -44,3 +47,22 @@ def test_aws_region_alone_sets_every_clients_region(local_stack, monkeypatch):
     assert SNSResource(topic="t").get_client().meta.region_name == "eu-central-1"
     chosen = StockS3Resource(region_name="us-west-2").get_client()
     assert chosen.meta.region_name == "us-west-2"
+
+
+def test_provision_and_the_pipeline_agree_on_a_profiles_region(tmp_path, monkeypatch):
+    """Without the variables, the profile's region (~/.aws/config): `provision` creates the
+    topic where the pipeline's clients later look for it."""
+    from stock_assets.settings import aws_region
+
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = ap-south-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert aws_region() == "ap-south-1"
+    # A fresh process, as a run is (this one's boto3 session has read its config already).
+    code = "from stock_assets.resources import StockS3Resource as S; print(S().get_client().meta.region_name)"
+    client = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert client.stdout.strip() == "ap-south-1"
