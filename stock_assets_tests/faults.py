@@ -140,10 +140,12 @@ class FaultyHttpProxy:
 @dataclass
 class TcpToUnixProxy:
     """TCP on loopback → a PostgreSQL Unix socket. `on_bytes(n)` is called as client→server
-    traffic flows; it may call `cut()` to drop every connection mid-stream."""
+    traffic flows; it may call `cut()` to drop every connection mid-stream. `cut_before`: the
+    first client message holding these bytes is not sent; every connection is cut instead."""
 
     socket_path: str
     on_bytes: Callable[[TcpToUnixProxy, int], None] | None = None
+    cut_before: bytes | None = None
     client_bytes: int = 0
     _connections: list[socket.socket] = field(default_factory=list)
 
@@ -171,6 +173,9 @@ class TcpToUnixProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
         try:
             while data := source.recv(65536):
+                if upstream and self.cut_before and self.cut_before in data:
+                    self.cut()
+                    return
                 sink.sendall(data)
                 if upstream:
                     self.client_bytes += len(data)

@@ -6,9 +6,10 @@ rejects kept with reasons, and that the table is unchanged whenever a blocking c
 
 import csv
 import io
+from datetime import date, timedelta
 
 import pytest
-from dagster import AssetCheckSeverity, AssetKey
+from dagster import AssetCheckSeverity, AssetKey, DagsterInstance
 
 from stock_assets.definitions import defs
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, STOCKS_PREFIX
@@ -134,20 +135,49 @@ def test_file_over_the_size_limit_fails_before_any_work(loaded, s3_client, namin
     assert_untouched(loaded, db, s3_client, naming)
 
 
+def test_both_input_limits_are_configurable_in_the_runs_settings(seeded_stack, s3_client, naming):
+    # SPEC 5: "at most 1,000 files, each under 1 MB (both limits configurable)".
+    days = (date(1900, 1, 1) + timedelta(days=i) for i in range(45_000))
+    big = HEADER + b"".join(b"%s,1,1,1,1,1,0\n" % d.isoformat().encode() for d in days)
+    assert len(big) > 1_000_000
+    put_stock(s3_client, naming, "tmusp.us.csv", big)
+    job = defs.resolve_job_def("stock_pipeline_job")
+
+    def run(**settings):
+        return job.execute_in_process(
+            run_config={"resources": {"settings": {"config": settings}}},
+            instance=DagsterInstance.ephemeral(), raise_on_error=False,
+        )  # fmt: skip
+
+    raised = run(max_file_bytes=2_000_000)
+    assert raised.success
+    passed, _, meta = checks(raised)["input_limits"]
+    assert passed and meta["max_file_bytes"] == 2_000_000 and meta["largest_bytes"] == len(big)
+    lowered = run(max_files=3)  # the sample's filter names 7 files
+    assert not lowered.success
+    passed, severity, meta = checks(lowered)["filter_file_valid"]
+    assert (passed, severity) == (False, AssetCheckSeverity.ERROR)
+    assert "limit is 3" in meta["problem"]
+
+
 @pytest.mark.parametrize(
-    "filter_body",
-    [b"", b"   \n ", ", ".join(f"'f{i}.us.csv'" for i in range(1001)).encode()],
+    ("filter_body", "problem"),
+    [
+        (b"", "names no files"),
+        (b"   \n ", "names no files"),
+        (", ".join(f"'f{i}.us.csv'" for i in range(1001)).encode(), "limit is 1000"),
+    ],
     ids=["blank", "whitespace", "1001-entries"],
 )
 def test_bad_filter_file_fails_the_filter_check_and_leaves_everything(
-    loaded, s3_client, naming, db, filter_body
+    loaded, s3_client, naming, db, filter_body, problem
 ):
     s3_client.put_object(Bucket=naming.source_bucket, Key=FILTER_KEY, Body=filter_body)
     result = run_job()
     assert not result.success
     passed, severity, meta = checks(result)["filter_file_valid"]
     assert (passed, severity) == (False, AssetCheckSeverity.ERROR)
-    assert "names no files" in meta["problem"] or "limit is 1000" in meta["problem"]
+    assert problem in meta["problem"]
     assert_untouched(loaded, db, s3_client, naming)
 
 

@@ -225,6 +225,19 @@ def test_connection_cut_mid_copy_in_a_full_run_publishes_the_csv_and_keeps_the_t
     assert len(table_rows(db)) == len(new_lines) < len(loaded[0])
 
 
+def test_a_connection_lost_after_the_commit_does_not_fail_the_loaded_run(
+    seeded_stack, pg_proxy, db
+):
+    # The connection drops between COMMIT and the query for the UI's preview rows: the table is
+    # loaded, so the run succeeds, and its metadata shows no preview rows rather than failing.
+    pg_proxy.cut_before = b'SELECT * FROM "historical_stocks_data" LIMIT'
+    result = run_job()
+    assert result.success, step_errors(result)
+    meta = metadata(result, "historical_stocks_data")
+    assert meta["dagster/row_count"] == len(table_rows(db)) > 0
+    assert meta["preview"].count("\n") == 1  # the header and its rule: no rows to show
+
+
 def test_backend_killed_mid_copy_leaves_the_table(loaded, pg_proxy, db, local_stack):
     def kill_loader(_proxy: TcpToUnixProxy) -> None:
         admin = psycopg2.connect(local_stack.env["STOCK_ASSETS_DATABASE_URL"])
