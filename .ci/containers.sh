@@ -61,6 +61,10 @@ if [ "${CI:-}" = true ] || [ "${STOCK_ASSETS_WRITE_CONTAINERS_CONF:-}" = 1 ]; th
     if ! grep -qs '^runtime = "runc"' /etc/containers/containers.conf; then
         echo "writing /etc/containers/containers.conf (runc, ulimits below the hard limit)"
         mkdir -p /etc/containers
+        if [ -f /etc/containers/containers.conf ]; then  # kept, not lost
+            cp /etc/containers/containers.conf /etc/containers/containers.conf.before-stock-assets
+            echo "  the previous one is kept as /etc/containers/containers.conf.before-stock-assets"
+        fi
         cat > /etc/containers/containers.conf <<'EOF'
 # Written by stock_assets' .ci/containers.sh: no CAP_SYS_RESOURCE here, so crun's setrlimit
 # fails and ulimits must stay below the hard limit.
