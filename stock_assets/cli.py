@@ -28,7 +28,8 @@ def _exit_on_sigterm() -> None:
     # SIGTERM, or SIGHUP (the terminal closed), would skip atexit hooks and `finally` blocks
     # (the embedded PostgreSQL and moto stop): make them a normal exit.
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: sys.exit(0))
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # `nohup stock-assets stack &` stays
+            signal.signal(signum, lambda *_: sys.exit(0))
 
 
 def _start_stack(workdir: Path, seed: bool = True):
@@ -164,10 +165,17 @@ def _warning(check) -> str:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     stack = _start_stack(args.workdir)
+    try:  # from here on, whatever happens stops the stack (moto runs in its own session)
+        return _run_dagster_dev(stack, args.port)
+    finally:
+        stack.stop()
+
+
+def _run_dagster_dev(stack, port: int) -> int:
     _print_env(stack)
     env = dict(os.environ)
     # Notification emails link to runs in this UI.
-    env.setdefault("STOCK_ASSETS_UI_URL", f"http://127.0.0.1:{args.port}")
+    env.setdefault("STOCK_ASSETS_UI_URL", f"http://127.0.0.1:{port}")
     # The code location is named as in workspace.yaml and the Airflow DAG's default
     # ("stock_assets"), not after the module: the DAG's launchRun and the sensors' cursors are
     # keyed by that name. workspace.yaml is not in the installed package, so write its twin here.
@@ -179,9 +187,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     command = [
         sys.executable, "-m", "dagster", "dev",
         "-w", str(workspace),
-        "-h", "127.0.0.1", "-p", str(args.port),
+        "-h", "127.0.0.1", "-p", str(port),
     ]  # fmt: skip
-    print(f"\nDagster UI on http://127.0.0.1:{args.port} (Ctrl-C stops everything)", flush=True)
+    print(f"\nDagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
     # Default signal handling in the child, so Ctrl-C/SIGTERM stop it cleanly (see FIELD-NOTES).
     process = subprocess.Popen(
         command,
@@ -200,15 +208,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
         return 0
-    finally:
-        stack.stop()
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
     stack = _start_stack(args.workdir, seed=not args.no_seed)
-    _print_env(stack)
-    print("\nthe stack runs until Ctrl-C", flush=True)
     try:
+        _print_env(stack)
+        print("\nthe stack runs until Ctrl-C", flush=True)
         while True:
             time.sleep(3600)
     except (KeyboardInterrupt, SystemExit):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg2
 
@@ -16,30 +15,19 @@ def psycopg2_dsn(url: str) -> str:
 
 
 def connect(url: str, **kwargs: Any) -> Any:
-    """`psycopg2.connect` for any accepted form of `url`. libpq quotes the part of a string it
-    cannot parse (a bad percent-escape in a password, say), and the error would carry it into
-    the run's log and the failure email: the password is masked in the error."""
-    dsn = psycopg2_dsn(url)
+    """`psycopg2.connect` for any accepted form of `url`. A string libpq cannot parse fails with
+    the offending part quoted (a bad percent-escape in a password, say), and the error would
+    carry it into the run's log and the failure email: those quoted parts are masked."""
     try:
-        return psycopg2.connect(dsn, **kwargs)
-    except psycopg2.Error as err:
+        return psycopg2.connect(psycopg2_dsn(url), **kwargs)
+    except psycopg2.ProgrammingError as err:  # what a string libpq cannot parse raises
         message = str(err)
-        for secret in _passwords(dsn):
-            message = message.replace(secret, "***")
-        if message == str(err):
+        if not message.startswith("invalid dsn"):
             raise
-        raise type(err)(message) from None
+        raise type(err)(_QUOTED.sub('"***"', message)) from None
 
 
-def _passwords(dsn: str) -> list[str]:
-    """Every spelling of the password in `dsn`: as written and decoded, longest first."""
-    found = [m.group(2).strip("'") for m in _KEY_VALUE_PASSWORD.finditer(dsn)]
-    found += re.findall(r"[?&]password=([^&#]*)", dsn)
-    # A string urlsplit refuses is no URL libpq could use either: the other spellings cover it.
-    with contextlib.suppress(ValueError):
-        found.append(urlsplit(dsn).password or "")
-    found += [unquote(s) for s in found]
-    return sorted({s for s in found if s}, key=len, reverse=True)
+_QUOTED = re.compile(r'"[^"]*"')
 
 
 def redact_url(url: str) -> str:

@@ -8,10 +8,11 @@ and `python -m stock_assets.entry --notify` both call it. Public Dagster APIs on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -170,7 +171,23 @@ def is_pipeline_run(run: DagsterRun) -> bool:
     return not selected or not selected <= NOT_NOTIFIED
 
 
-_PUBLISH_LOCK = threading.Lock()
+_RUN_LOCKS: dict[str, threading.Lock] = {}
+_RUN_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_at_a_time(run_id: str) -> Iterator[None]:
+    """One publication at a time per run in this process; other runs' emails are not held up
+    (a publication may retry SNS for many seconds). A run's lock goes once its tag is written."""
+    with _RUN_LOCKS_GUARD:
+        lock = _RUN_LOCKS.setdefault(run_id, threading.Lock())
+    with lock:
+        try:
+            yield
+        finally:
+            with _RUN_LOCKS_GUARD:
+                if _RUN_LOCKS.get(run_id) is lock:
+                    del _RUN_LOCKS[run_id]
 
 
 def publish_run_outcome(
@@ -189,10 +206,10 @@ def publish_run_outcome(
     A failed publication is made visible where people look (the run's tags and event log, `log`)
     and re-raised, so a sensor's tick fails in the UI and `entry` exits 3.
     """
-    # One at a time in this process: the canceled and failure sensors can both fire for one run
-    # (the daemon's max-runtime limit reports CANCELED, then FAILURE) in parallel threads of the
-    # code server, and each must see the other's "sent" tag before it publishes.
-    with _PUBLISH_LOCK:
+    # The canceled and failure sensors can both fire for one run (the daemon's max-runtime limit
+    # reports CANCELED, then FAILURE) in parallel threads of the code server: each must see the
+    # other's "sent" tag before it publishes.
+    with _one_at_a_time(run.run_id):
         run = instance.get_run_by_id(run.run_id) or run
         if not is_pipeline_run(run):
             if log:

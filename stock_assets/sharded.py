@@ -111,7 +111,7 @@ def sharded_finish(
     config = _config(context, settings, postgres, s3)
     try:
         outcome = finish_sharded(
-            config, s3.get_client(), postgres.connect, names, shards, started_at
+            config, s3.get_client(), postgres.connect, names, shards, started_at, context.log
         )
     except ShardFailed as err:
         raise Failure(str(err)) from err

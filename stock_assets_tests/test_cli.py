@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import psycopg2
@@ -44,13 +45,13 @@ def demo(tmp_path: Path, filter_text: str | None = None, **env: str) -> subproce
     )  # fmt: skip
 
 
-def moto_servers() -> set[int]:
-    """The pids of every moto server on the machine."""
-    found = set()
+def processes_with(marker: str) -> list[int]:
+    """The pids of the processes whose environment holds `marker` (children inherit it)."""
+    found = []
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
-            if proc.name.isdigit() and b"moto.server" in (proc / "cmdline").read_bytes():
-                found.add(int(proc.name))
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
     return found
 
 
@@ -89,14 +90,16 @@ def test_demo_runs_the_pipeline_and_says_where_everything_is(tmp_path):
 
 def test_a_demo_that_cannot_start_leaves_no_server_running(tmp_path):
     # A data folder that is not there: the stack has started by then, and must stop again.
-    before = moto_servers()
+    marker = f"STOCK_ASSETS_TEST_DEMO={uuid.uuid4()}"
+    env = {**user_env(tmp_path), "STOCK_ASSETS_DATA_DIR": str(tmp_path / "no")}
+    env[marker.split("=")[0]] = marker.split("=")[1]
     completed = subprocess.run(
         [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "demo"],
-        cwd=REPO_ROOT, env={**user_env(tmp_path), "STOCK_ASSETS_DATA_DIR": str(tmp_path / "no")},
-        capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert completed.returncode != 0
-    assert moto_servers() - before == set()
+    assert completed.returncode != 0 and "no data folder" in completed.stderr
+    time.sleep(1)  # a process being stopped may still be exiting
+    assert processes_with(marker) == []  # moto (its own session) and everything else stopped
     with pytest.raises(psycopg2.OperationalError):  # the embedded PostgreSQL stopped too
         psycopg2.connect(f"postgresql://postgres@/postgres?host={tmp_path / 'stack' / 'pgdata'}")
 

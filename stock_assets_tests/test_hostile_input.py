@@ -55,9 +55,15 @@ CORPUS: dict[str, tuple[bytes, int, list[str], str | None]] = {
         ["Volume is not"],
         None,
     ),
-    # 19 digits fit an int64, but not the rule: rejected on every path.
+    # 19 digits fit an int64, but not the rule (18 digits as written): rejected on every path.
     "volume19.us.csv": (
         H + GOOD + b"2020-01-03,1,2,1,1,1000000000000000000,0\n",
+        1,
+        ["Volume is not"],
+        None,
+    ),
+    "volumezeros.us.csv": (
+        H + GOOD + b"2020-01-03,1,2,1,1,0000000000000000001,0\n",
         1,
         ["Volume is not"],
         None,

@@ -173,6 +173,7 @@ def test_names_that_would_break_bucket_names_or_subjects_are_refused(fields):
     [
         "postgresql://app:pa%zzss@127.0.0.1:1/prod",
         "postgresql+psycopg2://app@127.0.0.1:1/prod?sslmode=require&password=pa%zzss",
+        "postgresql://app:Xy#9%zzss@127.0.0.1:1/prod",  # a "#" that a URL parser cuts at
     ],
 )
 def test_a_malformed_url_fails_without_showing_its_password(url):
@@ -182,3 +183,12 @@ def test_a_malformed_url_fails_without_showing_its_password(url):
         pass
     assert "invalid percent-encoded token" in str(raised.value)
     assert "zzss" not in str(raised.value)
+
+
+def test_a_connection_error_is_left_whole():
+    # Only what libpq could not parse is masked: a short password does not blank out the host
+    # and the port in an ordinary error.
+    url = "postgresql://app:1@127.0.0.1:1/prod"
+    with pytest.raises(psycopg2.OperationalError) as raised:
+        PostgresResource(database_url=url, connect_timeout_seconds=2).connect()
+    assert 'connection to server at "127.0.0.1", port 1 failed' in str(raised.value)

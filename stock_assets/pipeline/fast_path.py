@@ -154,7 +154,8 @@ def _typed_columns(raw: pa.Table) -> tuple[np.ndarray, list[pa.Array], pa.Array]
     days = chunk(pc.cast(raw["Date"], pa.date32())).view(pa.int32()).to_numpy()
     floats = [chunk(pc.cast(raw[name], pa.float64())) for name in PRICE_COLUMNS]
     volume = chunk(pc.cast(raw["Volume"], pa.int64()))
-    # int64 also takes 19-digit counts the general path rejects: leave those rows to it.
-    if len(volume) and pc.max(volume).as_py() >= 10**VOLUME_DIGITS:
+    # int64 also takes 19-digit counts, and leading zeros, that the general path's rule (at most
+    # 18 digits as written) rejects: leave those rows to it.
+    if len(volume) and pc.max(pc.utf8_length(raw["Volume"])).as_py() > VOLUME_DIGITS:
         raise pa.ArrowInvalid(f"a volume of more than {VOLUME_DIGITS} digits")
     return days, floats, volume

@@ -58,7 +58,7 @@ from stock_assets.pipeline.shards import (
 from stock_assets.pipeline.verdicts import csv_verdicts, input_limits
 from stock_assets.settings import OUTPUT_KEY
 
-log = logging.getLogger(__name__)
+_LOG = logging.getLogger(__name__)
 UPLOAD_PART_BYTES = 8 << 20  # S3's parts: at least 5 MiB but the last
 
 
@@ -85,11 +85,12 @@ def finish_sharded(
     names: list[str],
     shards: list[ShardResult],
     started_at: datetime,
+    log: logging.Logger = _LOG,
 ) -> ShardedOutcome:
     """The verdicts over all shards, the CSV in filter order, the table in one transaction (see
     the module's docstring). Raises ShardFailed if a shard failed; the scratch objects and the
     staging tables of this run are removed in every case, or, if that fails, by the next sharded
-    run's plan step."""
+    run's plan step (a warning on `log`: the run's own log when Dagster passes it)."""
     try:
         return _finish(config, client, connect, names, shards, started_at)
     finally:
