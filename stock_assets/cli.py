@@ -41,9 +41,16 @@ def _start_stack(workdir: Path, seed: bool = True):
     try:
         _prepare_stack(stack, seed)
     except BaseException:  # a wrong data folder, Ctrl-C during the upload: stop what started
-        stack.stop()
+        _stop(stack)
         raise
     return stack
+
+
+def _stop(stack) -> None:
+    # A second Ctrl-C (or one the children's shutdown passes on) must not cut the stop short:
+    # moto runs in its own session and would be left behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stack.stop()
 
 
 def _prepare_stack(stack, seed: bool) -> None:
@@ -146,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         return 0
     finally:
-        stack.stop()
+        _stop(stack)
 
 
 def _psql() -> str:
@@ -168,7 +175,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:  # from here on, whatever happens stops the stack (moto runs in its own session)
         return _run_dagster_dev(stack, args.port)
     finally:
-        stack.stop()
+        _stop(stack)
 
 
 def _run_dagster_dev(stack, port: int) -> int:
@@ -220,7 +227,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, SystemExit):
         return 0
     finally:
-        stack.stop()
+        _stop(stack)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -143,10 +143,14 @@ def test_dev_serves_the_location_the_airflow_dag_launches_into(tmp_path):
 
     port, defaults = free_port(), airflow_dag_defaults()
     log = (tmp_path / "dev.log").open("w")
+    marker = str(uuid.uuid4())
     process = subprocess.Popen(
         [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "dev", "--port", str(port)],
-        cwd=tmp_path, env=user_env(tmp_path), stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
+        cwd=tmp_path, env={**user_env(tmp_path), "STOCK_ASSETS_TEST_DEV": marker},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # Ctrl-C must reach it even when the tests run from a background shell, which starts
+        # them with SIGINT ignored (inherited).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline, locations = time.monotonic() + 180, None
@@ -184,9 +188,14 @@ def test_dev_serves_the_location_the_airflow_dag_launches_into(tmp_path):
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
         try:
-            process.wait(60)
+            stopped = process.wait(60) is not None
         except subprocess.TimeoutExpired:
+            stopped = False
             process.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+    # Ctrl-C stopped everything: dagster dev, moto (in its own session), PostgreSQL.
+    assert stopped
+    time.sleep(1)  # a process being stopped may still be exiting
+    assert processes_with(marker) == []
