@@ -28,13 +28,12 @@ def find_data_dir() -> Path:
     """Where the real data lives: $STOCK_ASSETS_DATA_DIR when set (and then only there: a
     folder named by mistake must not quietly load other data), else the repository's `data/`."""
     configured = os.environ.get("STOCK_ASSETS_DATA_DIR")
-    candidates = [Path(configured) if configured else Path(__file__).resolve().parents[1] / "data"]
-    for candidate in candidates:
-        if (candidate / FILTER_NAME).exists():
-            return candidate
+    folder = Path(configured) if configured else Path(__file__).resolve().parents[1] / "data"
+    if (folder / FILTER_NAME).exists():
+        return folder
     raise FileNotFoundError(
         "no data folder with top_companies.txt found; set STOCK_ASSETS_DATA_DIR "
-        f"(looked in {', '.join(map(str, candidates))})"
+        f"(looked in {folder})"
     )
 
 
