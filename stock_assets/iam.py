@@ -30,6 +30,7 @@ from stock_assets.settings import (
     Naming,
     aws_region,
 )
+from stock_assets.sns import is_topic_arn
 
 Policy = dict[str, Any]
 
@@ -45,12 +46,12 @@ def _objects(bucket: str, pattern: str) -> str:
 def sns_topic_arn(naming: Naming, region: str, account_id: str) -> str:
     """The topic's ARN: STOCK_ASSETS_SNS_TOPIC may already be one (say, another account's)."""
     topic = naming.sns_topic
-    return topic if topic.startswith("arn:") else f"arn:aws:sns:{region}:{account_id}:{topic}"
+    return topic if is_topic_arn(topic) else f"arn:aws:sns:{region}:{account_id}:{topic}"
 
 
 def _find_topic(naming: Naming) -> list[dict[str, Any]]:
     # A topic given by name is looked up (ListTopics, which has no resource scope); by ARN, not.
-    if naming.sns_topic.startswith("arn:"):
+    if is_topic_arn(naming.sns_topic):
         return []
     return [
         {"Sid": "FindTopic", "Effect": "Allow", "Action": ["sns:ListTopics"], "Resource": ["*"]}

@@ -30,7 +30,7 @@ from stock_assets.bucket_layout import (
 )
 from stock_assets.iam import Policy, marker_bucket_policies, public_grader_bucket_policies
 from stock_assets.settings import DEFAULT_REGION, SOURCE_FOLDERS, TABLE_NAME, Naming, aws_region
-from stock_assets.sns import find_topic_arn
+from stock_assets.sns import find_topic_arn, is_topic_arn
 
 EMAILS_ENV = "STOCK_ASSETS_NOTIFY_EMAILS"
 STATIC_IP_ENV = "STOCK_ASSETS_STATIC_IP"
@@ -158,7 +158,7 @@ def _policy_steps(s3: Any, config: ProvisionConfig) -> list[Step]:
 def ensure_topic(sns: Any, name: str) -> tuple[str, bool]:
     """The topic's ARN, and whether this call created it. A topic given as an ARN (possibly in
     another account) must exist already: provision creates topics from a name only."""
-    if name.startswith("arn:"):
+    if is_topic_arn(name):
         try:
             sns.get_topic_attributes(TopicArn=name)
         except sns.exceptions.NotFoundException:

@@ -19,10 +19,15 @@ def find_topic_arn(client: Any, name: str) -> str | None:
     return None
 
 
+def is_topic_arn(topic: str) -> bool:
+    """STOCK_ASSETS_SNS_TOPIC holds a topic's name, or its full ARN (say, another account's)."""
+    return topic.startswith("arn:")
+
+
 def topic_arn(client: Any, topic: str) -> str:
     """`topic` as an ARN: given as one, or looked up by name. Not CreateTopic: a missing topic
     is a setup error to report, not something to paper over with a topic nobody reads."""
-    if topic.startswith("arn:"):
+    if is_topic_arn(topic):
         return topic
     arn = find_topic_arn(client, topic)
     if arn:
