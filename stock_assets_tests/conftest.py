@@ -17,6 +17,7 @@ from stock_assets.local.seed import seed_source_bucket
 from stock_assets.local.stack import LocalStack
 from stock_assets.pipeline.ledger import LEDGER_TABLE
 from stock_assets.settings import TABLE_NAME, Naming
+from stock_assets_tests.faults import FaultyHttpProxy
 
 TESTS_DATA = Path(__file__).parent / "data"
 SAMPLE_STOCKS = TESTS_DATA / "Stocks"
@@ -76,6 +77,16 @@ def s3_client(local_stack: LocalStack):
 @pytest.fixture
 def naming() -> Naming:
     return Naming()
+
+
+@pytest.fixture
+def s3_proxy(local_stack: LocalStack, monkeypatch) -> Iterator[FaultyHttpProxy]:
+    """S3 through a fault-injecting proxy (boto3's per-service endpoint variable, inherited by
+    child processes too); SNS stays direct."""
+    proxy = FaultyHttpProxy(local_stack.moto.endpoint_url).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

@@ -107,6 +107,20 @@ mutation Launch($params: ExecutionParams!) {
 """
 
 
+def graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One GraphQL request to the webserver at `url`; its data, or RuntimeError on errors."""
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+        body = json.load(response)
+    if body.get("errors"):
+        raise RuntimeError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
+
+
 @dataclass
 class DagsterDeployment:
     stack: LocalStack
@@ -219,16 +233,7 @@ class DagsterDeployment:
         raise TimeoutError(f"webserver not ready:\n{self.log('webserver')[-3000:]}")
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"{self.url}/graphql",
-            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
-            body = json.load(response)
-        if body.get("errors"):
-            raise RuntimeError(f"GraphQL errors: {body['errors']}")
-        return body["data"]
+        return graphql(self.url, query, variables)
 
     def launch_run(
         self, job: str = "stock_pipeline_job", tags: dict[str, str] | None = None

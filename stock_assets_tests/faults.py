@@ -19,6 +19,10 @@ from urllib.parse import urlsplit
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 
+# S3's answer when it refuses an object (status 403).
+ACCESS_DENIED = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+
+
 @dataclass
 class HttpFault:
     """Which requests to hit (method and a substring of the path) and how, `times` at most."""

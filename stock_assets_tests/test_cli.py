@@ -4,14 +4,12 @@ the full set runs in test_full_data.py."""
 
 import ast
 import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import psycopg2
 import pytest
 
 from stock_assets_tests.conftest import REPO_ROOT, SAMPLE_FILTER, SAMPLE_STOCKS
+from stock_assets_tests.deployment import LAUNCH_RUN, graphql
 
 # `stock-assets demo` starts a local stack of its own.
 pytestmark = pytest.mark.stack
@@ -126,22 +125,13 @@ def airflow_dag_defaults() -> dict:
     raise AssertionError("no DEFAULTS in the Airflow DAG")
 
 
-def graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
-        return json.load(response)["data"]
-
-
 def test_dev_serves_the_location_the_airflow_dag_launches_into(tmp_path):
     """`stock-assets dev` names its code location as workspace.yaml and the Airflow DAG do, so
     the DAG's launchRun (its default Variable) reaches it, and the run it launches succeeds."""
     from stock_assets.local.stack import free_port
 
     port, defaults = free_port(), airflow_dag_defaults()
+    ui = f"http://127.0.0.1:{port}"
     log = (tmp_path / "dev.log").open("w")
     marker = str(uuid.uuid4())
     process = subprocess.Popen(
@@ -157,7 +147,7 @@ def test_dev_serves_the_location_the_airflow_dag_launches_into(tmp_path):
         while locations is None and time.monotonic() < deadline:
             assert process.poll() is None, (tmp_path / "dev.log").read_text()[-3000:]
             try:
-                workspace = graphql(port, "{ workspaceOrError { ... on Workspace { "
+                workspace = graphql(ui, "{ workspaceOrError { ... on Workspace { "
                                     "locationEntries { name loadStatus } } } }")  # fmt: skip
                 entries = workspace["workspaceOrError"]["locationEntries"]
                 if entries and all(e["loadStatus"] == "LOADED" for e in entries):
@@ -172,18 +162,13 @@ def test_dev_serves_the_location_the_airflow_dag_launches_into(tmp_path):
             "repositoryName": defaults["repository"],
             "jobName": defaults["job"],
         }
-        launched = graphql(
-            port,
-            "mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename "
-            "... on LaunchRunSuccess { run { runId } } } }",
-            {"p": {"selector": selector}},
-        )["launchRun"]
+        launched = graphql(ui, LAUNCH_RUN, {"params": {"selector": selector}})["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
         run_id, status = launched["run"]["runId"], None
         while status not in {"SUCCESS", "FAILURE", "CANCELED"} and time.monotonic() < deadline:
             time.sleep(1)
             query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
-            status = graphql(port, query, {"id": run_id})["runOrError"]["status"]
+            status = graphql(ui, query, {"id": run_id})["runOrError"]["status"]
         assert status == "SUCCESS", (tmp_path / "dev.log").read_text()[-3000:]
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it

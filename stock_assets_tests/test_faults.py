@@ -18,7 +18,7 @@ from stock_assets.pipeline.run import RUN_META
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 from stock_assets.settings import OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import REPO_ROOT, SAMPLE_FILTER, table_rows
-from stock_assets_tests.faults import FaultyHttpProxy, HttpFault, TcpToUnixProxy
+from stock_assets_tests.faults import ACCESS_DENIED, HttpFault, TcpToUnixProxy
 from stock_assets_tests.test_pipeline import metadata, run_job
 
 ASSETS = [raw_stock_files, historical_stock_data]
@@ -40,15 +40,6 @@ def output_bytes(s3_client, naming) -> bytes:
 def loaded(seeded_stack, s3_client, naming, db):
     assert run_job().success
     return sorted(table_rows(db)), output_bytes(s3_client, naming)
-
-
-@pytest.fixture
-def s3_proxy(local_stack, monkeypatch):
-    """Only S3 goes through the proxy (boto3's per-service endpoint variable); SNS stays direct."""
-    proxy = FaultyHttpProxy(local_stack.moto.endpoint_url).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
-    yield proxy
-    proxy.stop()
 
 
 def assert_unchanged(loaded, s3_client, naming, db) -> None:
@@ -73,8 +64,7 @@ def test_a_stock_file_s3_refuses_is_skipped_with_the_reason_and_the_rest_loaded(
 ):
     # The spec: an unreadable file is skipped and reported, not fatal. S3 refuses one object
     # (the presigned GET and get_object alike: botocore does not retry a 403).
-    denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-    fault = HttpFault(method="GET", path_contains="/tmusp.us.csv", status=403, body=denied)
+    fault = HttpFault(method="GET", path_contains="/tmusp.us.csv", status=403, body=ACCESS_DENIED)
     s3_proxy.faults.append(fault)
     result = run_job()
     assert result.success, step_errors(result)

@@ -27,7 +27,7 @@ from stock_assets.notifications import (
 )
 from stock_assets.resources import PipelineSettings
 from stock_assets.sensors import marker_run_requests, success_marker_sensor
-from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
+from stock_assets_tests.faults import ACCESS_DENIED, HttpFault
 
 
 def tick(cursor: str | None = None, settings: PipelineSettings | None = None):
@@ -89,21 +89,13 @@ def test_a_launch_records_what_is_under_stocks(bucket, s3_client, naming):
     assert observation.tags["dagster/data_version"] == meta["listing_fingerprint"]
 
 
-def test_a_stocks_listing_s3_refuses_still_starts_the_run(
-    bucket, s3_client, local_stack, monkeypatch
-):
+def test_a_stocks_listing_s3_refuses_still_starts_the_run(bucket, s3_client, s3_proxy):
     # The observation of Stocks/ is informational: an error there (here 403 AccessDenied) is a
     # warning, never a failed tick that would drop the run requests.
-    proxy = FaultyHttpProxy(local_stack.moto.endpoint_url).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)
-    denied = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-    fault = HttpFault(method="GET", path_contains="prefix=Stocks", status=403, body=denied)
-    proxy.faults.append(fault)
-    try:
-        put(s3_client, bucket, ".SUCCESS")
-        result = tick()
-    finally:
-        proxy.stop()
+    fault = HttpFault(method="GET", path_contains="prefix=Stocks", status=403, body=ACCESS_DENIED)
+    s3_proxy.faults.append(fault)
+    put(s3_client, bucket, ".SUCCESS")
+    result = tick()
     assert marker_keys(result) == [[".SUCCESS"]]
     assert fault.hits and not result.asset_events
 

@@ -24,7 +24,7 @@ from stock_assets.pipeline.shards import SCRATCH_PREFIX, shard_of
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, REJECTED_PREFIX, STOCKS_PREFIX
 from stock_assets.sharded import SHARDED_JOB
 from stock_assets_tests.conftest import SAMPLE_FILTER, SAMPLE_STOCKS, sample_files, table_rows
-from stock_assets_tests.faults import FaultyHttpProxy, HttpFault
+from stock_assets_tests.faults import HttpFault
 from stock_assets_tests.test_full_data import DATA_DIR as FULL_DATA_DIR
 from stock_assets_tests.test_pipeline import run_job
 
@@ -202,14 +202,6 @@ def test_a_sharded_run_still_going_keeps_its_scratch(richer_stack, s3_client, na
         .success
     )
     assert leftovers(s3_client, naming, db) == []
-
-
-@pytest.fixture
-def s3_proxy(local_stack, monkeypatch):
-    proxy = FaultyHttpProxy(local_stack.moto.endpoint_url).start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)  # inherited by every step's process
-    yield proxy
-    proxy.stop()
 
 
 def test_a_clean_up_that_fails_after_the_commit_leaves_the_run_succeeded(
