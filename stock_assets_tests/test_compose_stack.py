@@ -40,6 +40,7 @@ from stock_assets.local.sns_inbox import SentMessage, sent_messages
 from stock_assets.notifications import MARKER_KEYS_TAG
 from stock_assets.settings import FILTER_KEY
 from stock_assets_tests.compose import COMPOSE_FILE, DOCKER_DIR, REPO_ROOT, read_env_file
+from stock_assets_tests.deployment import graphql
 
 pytestmark = [
     pytest.mark.containers,
@@ -120,16 +121,7 @@ class Stack:
 
     # --- Dagster, over the webserver's GraphQL -------------------------------------------
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"{self.ui}/graphql",
-            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body = json.load(response)
-        if body.get("errors"):
-            raise RuntimeError(f"GraphQL errors: {body['errors']}")
-        return body["data"]
+        return graphql(self.ui, query, variables)
 
     def runs(self) -> list[dict[str, Any]]:
         query = """{ runsOrError(limit: 100) { ... on Runs { results {
