@@ -58,6 +58,7 @@ from stock_assets.pipeline.records import FileResult
 from stock_assets.pipeline.s3 import (
     ObjectReader,
     ObjectTooLarge,
+    http_status,
     presigned_get_session,
     read_files,
     read_object,
@@ -346,7 +347,7 @@ def load_table_from_object(config: RunConfig, client: Any, connect: Connect) -> 
     try:
         head = client.head_object(Bucket=config.bucket, Key=OUTPUT_KEY)
     except client.exceptions.ClientError as err:
-        if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+        if http_status(err) == 404:
             raise CsvObjectError(
                 f"{uri} is not there to load: materialise historical_stock_data_csv first"
             ) from err

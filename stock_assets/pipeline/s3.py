@@ -193,6 +193,11 @@ def _checksum_matches(headers: Any, body: bytes) -> bool:
     return crc32 == base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
 
 
+def http_status(err: Exception) -> int:
+    """The HTTP status of a botocore ClientError (0 when it has none)."""
+    return getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+
+
 def s3_uri(bucket: str, key: str = "") -> str:
     return f"s3://{bucket}/{key}"
 
@@ -218,7 +223,7 @@ def read_files(
             # A refusal about the object (403 AccessDenied, an archived object's
             # InvalidObjectState, a KMS key the role may not use) is the file's. Throttling and
             # server errors that outlived botocore's retries are an outage: they fail the run.
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            status = http_status(err)
             if not 400 <= status < 500 or status in (408, 429):
                 raise
             error = err.response.get("Error", {})
