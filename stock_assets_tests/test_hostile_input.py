@@ -49,6 +49,16 @@ CORPUS: dict[str, tuple[bytes, int, list[str], str | None]] = {
         ["Date is not"] * 3,
         None,
     ),
+    # Year 0 matches YYYY-MM-DD and Arrow parses it, but no calendar has it: Python's date and
+    # PostgreSQL's (the typed view casts stock_date) refuse it.
+    "yearzero.us.csv": (H + b"0000-01-02,1,2,1,1,5,0\n" + GOOD, 1, ["Date is not"], None),
+    # One byte that is not UTF-8 costs its row only, not the file's other rows.
+    "notutf8.us.csv": (
+        H + b"2020-01-01,1,2,1,1,5,0\n2020-01-02,1\xff,2,1,1,5,0\n2020-01-03,1,2,1,1,5,\xe90\n",
+        1,
+        ["line is not UTF-8 text"] * 2,
+        None,
+    ),
     "hugevolume.us.csv": (
         H + GOOD + b"2020-01-03,1,2,1,1,99999999999999999999999,0\n",
         1,

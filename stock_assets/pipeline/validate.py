@@ -10,6 +10,7 @@ within a file, and the physical line number of every rejected row.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 
@@ -32,6 +33,7 @@ VOLUME_DIGITS = 18
 _VOLUME_PATTERN = rf"^[0-9]{{1,{VOLUME_DIGITS}}}$"
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
+_NOT_UTF8_REASON = "line is not UTF-8 text (the bytes that are not are shown as U+FFFD)"
 _OVERFLOW_REASON = "a price, or the change or percentage computed from it, overflows a double"
 
 
@@ -63,6 +65,12 @@ def start(file_name: str, data: bytes) -> tuple[FileResult, bytes]:
 def transform_general(data: bytes, result: FileResult) -> None:
     """The general path: every row checked, bad rows rejected with their line and reason."""
     try:
+        data.decode("utf-8")
+        not_utf8 = False
+    except UnicodeDecodeError:
+        # Arrow refuses the whole file over one such byte; as U+FFFD it costs only its row.
+        data, not_utf8 = data.decode("utf-8", "replace").encode(), True
+    try:
         raw, malformed = _read_raw_csv(data, result.file_name)
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         result.skip_reason = f"unreadable CSV: {err}"[:300]
@@ -77,7 +85,7 @@ def transform_general(data: bytes, result: FileResult) -> None:
         for index, name in enumerate(RAW_COLUMNS):
             raw = raw.set_column(index, name, pc.utf8_trim_whitespace(raw[name]))
 
-    valid, problems = _first_problem(raw)
+    valid, problems = _first_problem(raw, not_utf8)
     valid = _mark_duplicate_dates(raw, valid, problems)
     rejected = list(malformed)
     if not valid.all():
@@ -135,19 +143,27 @@ def _header_problem(data: bytes) -> str | None:
     return None
 
 
-def _first_problem(table: pa.Table) -> tuple[np.ndarray, list[str | None]]:
-    """Which rows pass every check; and for each row, its first validation problem (or None)."""
+def _first_problem(table: pa.Table, not_utf8: bool = False) -> tuple[np.ndarray, list[str | None]]:
+    """Which rows pass every check; and for each row, its first validation problem (or None).
+    `not_utf8`: the file's bytes that were not UTF-8 are U+FFFD in `table`."""
     n = table.num_rows
     problems: list[str | None] = [None] * n
     checks: list[tuple[pa.Array, str]] = []
+    if not_utf8:
+        replaced = [pc.match_substring(table[name], "\ufffd") for name in RAW_COLUMNS]
+        checks.append((pc.invert(functools.reduce(pc.or_, replaced)), _NOT_UTF8_REASON))
 
     dates = table["Date"]
     # Arrow's strptime rolls impossible dates over (2020-02-30 → 2020-03-01), so a date is
-    # valid only if it parses and prints back as the same text.
+    # valid only if it parses and prints back as the same text. It also takes year 0, which
+    # no calendar has (Python's date and PostgreSQL's refuse it).
     parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
     round_trip = pc.strftime(parsed, format="%Y-%m-%d")
     date_ok = pc.fill_null(
-        pc.and_(pc.match_substring_regex(dates, _DATE_PATTERN), pc.equal(round_trip, dates)),
+        pc.and_(
+            pc.and_(pc.match_substring_regex(dates, _DATE_PATTERN), pc.equal(round_trip, dates)),
+            pc.greater_equal(dates, "0001"),
+        ),
         False,
     )
     checks.append((date_ok, "Date is not a valid ISO date (YYYY-MM-DD)"))
