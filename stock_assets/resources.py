@@ -150,7 +150,9 @@ class SNSResource(ConfigurableResource):
         description="Topic name (looked up in the account) or full ARN. "
         "Default from the naming convention; override with STOCK_ASSETS_SNS_TOPIC."
     )
-    region_name: str | None = Field(default=None, description="Default: boto3's own resolution")
+    region_name: str | None = Field(
+        default=None, description="Default: AWS_REGION, boto3's own resolution, else eu-west-1"
+    )
     max_attempts: int = Field(
         default=3, description="Attempts per SNS call, the first one included, before giving up"
     )
@@ -161,13 +163,7 @@ class SNSResource(ConfigurableResource):
         return cls(topic=Naming.from_env().sns_topic)
 
     def get_client(self) -> Any:
-        config = Config(
-            connect_timeout=self.timeout_seconds,
-            read_timeout=self.timeout_seconds,
-            # total_max_attempts counts the first call too, as max_attempts promises.
-            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-        )
-        return aws_client("sns", region_name=self.region_name, config=config)
+        return sns.sns_client(self.region_name, self.timeout_seconds, self.max_attempts)
 
     def publish(self, subject: str, message: str) -> str:
         """Publish once; returns the SNS message id (see `stock_assets.sns.publish`)."""

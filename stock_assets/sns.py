@@ -5,9 +5,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from stock_assets.aws import aws_client
 from stock_assets.notifications import NotificationError
+
+
+def sns_client(region_name: str | None, timeout_seconds: float, max_attempts: int) -> Any:
+    """An SNS client with bounded timeouts and botocore's standard retries, `max_attempts` in
+    all; `NotificationError` if botocore cannot make it (e.g. an endpoint that is not a URL), as
+    for a failed publish, so the run is still tagged and the sensor's tick says why."""
+    config = Config(
+        connect_timeout=timeout_seconds,
+        read_timeout=timeout_seconds,
+        retries={"mode": "standard", "total_max_attempts": max_attempts},  # the first included
+    )
+    try:
+        return aws_client("sns", region_name=region_name, config=config)
+    except (BotoCoreError, ValueError) as err:
+        raise NotificationError(
+            f"the SNS client could not be made: {type(err).__name__}: {err}"
+        ) from err
 
 
 def find_topic_arn(client: Any, name: str) -> str | None:

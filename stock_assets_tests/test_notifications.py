@@ -194,6 +194,14 @@ def test_unreachable_sns_gives_up_after_bounded_retries(clean_stack, monkeypatch
         resource.publish("s", "m")
 
 
+def test_an_sns_client_that_cannot_be_made_is_a_notification_error(monkeypatch):
+    """Raised as NotificationError like a failed publish, so the run is tagged and the tick says
+    why (botocore refuses an endpoint that is not a URL before any call)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", "not a url")
+    with pytest.raises(NotificationError, match="SNS client could not be made.*Invalid endpoint"):
+        SNSResource(topic="arn:aws:sns:eu-west-1:123456789012:t").publish("s", "m")
+
+
 # --- the run-status sensors on real runs ----------------------------------------------------------
 
 

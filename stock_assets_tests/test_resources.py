@@ -1,5 +1,6 @@
 """The S3 resource's client: SigV4 signatures (presigned reads too), or none when asked."""
 
+import os
 import subprocess
 import sys
 
@@ -66,3 +67,20 @@ def test_provision_and_the_pipeline_agree_on_a_profiles_region(tmp_path, monkeyp
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert client.stdout.strip() == "ap-south-1"
+
+
+def test_without_any_region_setting_every_client_uses_the_courses_region(tmp_path):
+    """No variable, no profile: provision and the pipeline's clients agree on eu-west-1 (the SNS
+    client had no region at all and failed; S3's was us-east-1)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = str(tmp_path / "no-config")
+    code = (
+        "from stock_assets.resources import StockS3Resource as S, SNSResource as N;"
+        "from stock_assets.settings import aws_region;"
+        "print(S().get_client().meta.region_name, N(topic='t').get_client().meta.region_name,"
+        " aws_region())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert result.stdout.split() == ["eu-west-1", "eu-west-1", "eu-west-1"]
