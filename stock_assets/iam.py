@@ -142,6 +142,7 @@ def provisioner_policy(naming: Naming, region: str = "eu-west-1", account_id: st
                     "s3:ListBucket",
                     "s3:PutBucketPolicy",
                     "s3:GetBucketPolicy",
+                    "s3:DeleteBucketPolicy",  # --marker-policy after --public-grader-policy
                     "s3:PutBucketPublicAccessBlock",
                 ],
                 "Resource": [_bucket(source), _bucket(monitored)],

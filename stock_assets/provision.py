@@ -125,6 +125,14 @@ def _layout_step(s3: Any, config: ProvisionConfig) -> Step:
     )
 
 
+_BLOCK_ALL = dict.fromkeys(
+    ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"), True
+)
+# New buckets block public policies by default, and both grader policies grant anonymous
+# principals something: lift only the policy blocks, never the ACL ones.
+_ALLOW_PUBLIC_POLICY = {**_BLOCK_ALL, "BlockPublicPolicy": False, "RestrictPublicBuckets": False}
+
+
 def _policy_steps(s3: Any, config: ProvisionConfig) -> list[Step]:
     if config.public_grader_policy and config.marker_policy:
         raise ValueError("choose one grader policy: --public-grader-policy or --marker-policy")
@@ -139,20 +147,50 @@ def _policy_steps(s3: Any, config: ProvisionConfig) -> list[Step]:
     for bucket, policy in policies.items():
 
         def run(bucket: str = bucket, policy: Policy = policy, label: str = label) -> str:
-            # New buckets block public policies by default, and both grader policies grant
-            # anonymous principals something: lift only the policy blocks, never the ACL ones.
             s3.put_public_access_block(
-                Bucket=bucket,
-                PublicAccessBlockConfiguration={
-                    "BlockPublicAcls": True, "IgnorePublicAcls": True,
-                    "BlockPublicPolicy": False, "RestrictPublicBuckets": False,
-                },
-            )  # fmt: skip
-            s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+                Bucket=bucket, PublicAccessBlockConfiguration=_ALLOW_PUBLIC_POLICY
+            )
+            try:
+                s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+            except BaseException:  # refused: the bucket must not stay without its block
+                s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=_BLOCK_ALL)
+                raise
             return f"{label} policy set"
 
         steps.append(Step(f"{label} bucket policy on s3://{bucket}", run))
+    if config.marker_policy:
+        source = config.naming.source_bucket
+        steps.append(Step(f"s3://{source} private", lambda: _make_private(s3, config.naming)))
     return steps
+
+
+def _public(statement: dict[str, Any]) -> bool:
+    return statement.get("Principal") in ("*", {"AWS": "*"})
+
+
+def _make_private(s3: Any, naming: Naming) -> str:
+    """Take away what an earlier --public-grader-policy granted on the source bucket: its public
+    grader statements (an operator's own statements stay), then the public access block."""
+    source = naming.source_bucket
+    granted = {
+        statement["Sid"] for statement in public_grader_bucket_policies(naming)[source]["Statement"]
+    }
+    try:
+        current = json.loads(s3.get_bucket_policy(Bucket=source)["Policy"])
+    except s3.exceptions.ClientError as err:
+        if err.response.get("Error", {}).get("Code") != "NoSuchBucketPolicy":
+            raise
+        current = {"Statement": []}
+    kept = [s for s in current["Statement"] if not (s.get("Sid") in granted and _public(s))]
+    if len(kept) == len(current["Statement"]):
+        return "no public grader access to take away"
+    if kept:
+        s3.put_bucket_policy(Bucket=source, Policy=json.dumps({**current, "Statement": kept}))
+    else:
+        s3.delete_bucket_policy(Bucket=source)
+    if not any(_public(statement) for statement in kept):
+        s3.put_public_access_block(Bucket=source, PublicAccessBlockConfiguration=_BLOCK_ALL)
+    return "public grader statements removed, public access blocked again"
 
 
 def ensure_topic(sns: Any, name: str) -> tuple[str, bool]:

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 from dagster import DagsterInstance, build_sensor_context
 from dagster_aws.s3 import S3Resource
 
@@ -23,6 +24,7 @@ from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.sensors import success_marker_sensor
 from stock_assets.settings import Naming
 from stock_assets_tests.conftest import SAMPLE_FILTER, SAMPLE_STOCKS
+from stock_assets_tests.faults import ACCESS_DENIED, HttpFault
 from stock_assets_tests.test_parquet import materialise_parquet
 from stock_assets_tests.test_pipeline import run_job
 from stock_assets_tests.test_shards import run_sharded
@@ -267,6 +269,49 @@ def test_public_grader_policy_comes_from_iam_and_excludes_the_marker_policy(
     config.marker_policy = True
     with pytest.raises(ValueError, match="choose one grader policy"):
         provision(config, dry_run=True, echo=lambda _: None)
+
+
+def test_marker_policy_after_the_public_one_makes_the_source_private_again(
+    config, s3_client, naming
+):
+    """Switching to --marker-policy takes the earlier public grader access away: the source
+    bucket's public statements go (an operator's own stay) and its public access block is
+    restored; a re-run finds nothing to do."""
+    config.public_grader_policy = True
+    provision(config, echo=lambda _: None)
+    own = {"Sid": "OpsRead", "Effect": "Allow", "Action": ["s3:GetObject"],
+           "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+           "Resource": [f"arn:aws:s3:::{naming.source_bucket}/*"]}  # fmt: skip
+    public = bucket_policy(s3_client, naming.source_bucket)
+    s3_client.put_bucket_policy(
+        Bucket=naming.source_bucket,
+        Policy=json.dumps({**public, "Statement": [*public["Statement"], own]}),
+    )
+    config.public_grader_policy, config.marker_policy = False, True
+    lines: list[str] = []
+    provision(config, echo=lines.append)
+    assert bucket_policy(s3_client, naming.source_bucket)["Statement"] == [own]
+    block = s3_client.get_public_access_block(Bucket=naming.source_bucket)
+    assert all(block["PublicAccessBlockConfiguration"].values())
+    assert any("public grader statements removed" in line for line in lines)
+    s3_client.delete_bucket_policy(Bucket=naming.source_bucket)
+    again: list[str] = []
+    provision(config, echo=again.append)
+    assert bucket_policy(s3_client, naming.source_bucket) is None
+    assert any("no public grader access" in line for line in again)
+
+
+def test_a_refused_grader_policy_leaves_the_public_access_block_up(config, s3_proxy, s3_client):
+    """The block is lowered so the policy can go on; if S3 then refuses the policy (an
+    account-wide block, say), the bucket must not stay without its own block."""
+    s3_proxy.faults.append(
+        HttpFault(method="PUT", path_contains="?policy", status=403, body=ACCESS_DENIED)
+    )
+    config.public_grader_policy = True
+    with pytest.raises(ClientError, match="AccessDenied"):
+        provision(config, echo=lambda _: None)
+    block = s3_client.get_public_access_block(Bucket=config.naming.source_bucket)
+    assert all(block["PublicAccessBlockConfiguration"].values())
 
 
 def test_cli_provision_marker_policy(clean_stack, s3_client, naming, capsys):
