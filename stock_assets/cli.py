@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -179,6 +180,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def _run_dagster_dev(stack, port: int) -> int:
+    with socket.socket() as probe:  # dagster dev would go on without its UI, saying little
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            print(f"port {port} is in use: stop what listens there, or pass --port", flush=True)
+            return 1
     _print_env(stack)
     env = dict(os.environ)
     # Notification emails link to runs in this UI.
@@ -206,6 +211,7 @@ def _run_dagster_dev(stack, port: int) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL),
         ),
     )
+    stack.record("dagster dev", process.pid, "dagster dev")
     try:
         return process.wait()
     except (KeyboardInterrupt, SystemExit):

