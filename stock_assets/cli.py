@@ -150,7 +150,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  look   {_psql()} '{stack.postgres.url}' -c 'SELECT * FROM {TABLE_NAME} LIMIT 5'\n"
             f"         (while `stock-assets --workdir {args.workdir} stack --no-seed` runs: the "
             "server stops with the demo)\n"
-            f"  UI     stock-assets dev   then open http://127.0.0.1:3000 (this run is listed)"
+            f"  UI     stock-assets --workdir {args.workdir} dev   then open "
+            "http://127.0.0.1:3000 (this run is listed)"
         )
         return 0
     finally:

@@ -129,8 +129,10 @@ class PipelineSettings(ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> PipelineSettings:
-        shards = int(os.environ.get(SHARDS_ENV) or DEFAULT_SHARDS)
-        return cls(**Naming.from_env().settings(), shards=shards)
+        raw = os.environ.get(SHARDS_ENV) or str(DEFAULT_SHARDS)
+        if not raw.strip().isdigit() or int(raw) < 1:  # the code location would not load
+            raise ValueError(f"{SHARDS_ENV} must be a whole number of at least 1, not {raw!r}")
+        return cls(**Naming.from_env().settings(), shards=int(raw))
 
     def run_config(
         self, run_id: str, table: str, verify: bool | str | None, triggered_by: str

@@ -85,6 +85,8 @@ def test_demo_runs_the_pipeline_and_says_where_everything_is(tmp_path):
         server._cleanup()
     assert list(deployment_home.iterdir()) == []
     assert (workdir / "dagster_home").is_dir()
+    # The UI hint opens the same stack folder, where this run is recorded.
+    assert f"UI     stock-assets --workdir {workdir} dev" in out
 
 
 def test_a_demo_that_cannot_start_leaves_no_server_running(tmp_path):

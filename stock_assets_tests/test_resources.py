@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def test_the_s3_client_signs_with_sigv4_unless_told_to_use_no_signature(local_stack):
     from botocore import UNSIGNED
@@ -84,3 +86,12 @@ def test_without_any_region_setting_every_client_uses_the_courses_region(tmp_pat
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert result.stdout.split() == ["eu-west-1", "eu-west-1", "eu-west-1"]
+
+
+@pytest.mark.parametrize("value", ["four", "0", "-2"])
+def test_a_shard_count_that_is_not_one_or_more_names_its_variable(monkeypatch, value):
+    from stock_assets.resources import PipelineSettings
+
+    monkeypatch.setenv("STOCK_ASSETS_SHARDS", value)
+    with pytest.raises(ValueError, match=f"STOCK_ASSETS_SHARDS must be .* not '{value}'"):
+        PipelineSettings.from_env()
