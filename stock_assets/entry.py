@@ -1,11 +1,11 @@
 """The processing code's entry: run the whole pipeline once, then exit.
 
-    python -m stock_assets.entry [--notify] [--tag KEY=VALUE ...]
+    python -m stock_assets.entry [--no-notify] [--tag KEY=VALUE ...]
 
 Runs `stock_pipeline_job` (S3 `Stocks/` + `CompanyNames/top_companies.txt` →
 `Output/historical_stock_data.csv` → PostgreSQL `historical_stocks_data`, loaded by
 `Scripts/insert_query.sql`) in this process and exits 0 if the run succeeded, 1 if it failed
-(3: it succeeded, but the email asked for with --notify could not be sent).
+(3: it succeeded, but its email could not be sent).
 `stock-assets provision` uploads this file to the source bucket's `Scripts/`, beside the SQL, where
 the course keeps its processing script.
 
@@ -15,7 +15,9 @@ The run is recorded in the Dagster instance at $DAGSTER_HOME, so the UI lists it
 asset checks; without DAGSTER_HOME it goes to a throwaway instance (a note says so).
 
 Event-driven runs (a `.SUCCESS` marker) go through the Dagster daemon instead, whose sensors send
-the SNS email. A run started here is not seen by those sensors: `--notify` sends the same email.
+the SNS email. A run started here is not seen by those sensors (it has no code location), so this
+entry sends the same email itself, as every run must end with one (SPEC §1); `--no-notify` skips
+it, e.g. for a trial run.
 """
 
 from __future__ import annotations
@@ -112,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog=ENTRY_TRIGGER,
         description="Run stock_pipeline_job once; exit 0 on success, 1 on failure.",
     )
-    parser.add_argument("--notify", action="store_true", help="email the outcome through SNS")
+    parser.add_argument(
+        "--notify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="email the outcome through SNS, as every run does (default: yes)",
+    )
     parser.add_argument(
         "--tag", action="append", default=[], metavar="KEY=VALUE", help="extra run tag"
     )

@@ -34,6 +34,7 @@ def dagster_home(tmp_path, monkeypatch):
 def test_entry_runs_the_pipeline_once_and_records_the_run(
     seeded_stack, dagster_home, s3_client, naming, db
 ):
+    boto3.client("sns").create_topic(Name=naming.sns_topic)
     # A real process, as a grader or cron would start it.
     done = subprocess.run(
         [sys.executable, "-m", "stock_assets.entry", "--tag", "purpose=test"],
@@ -41,6 +42,9 @@ def test_entry_runs_the_pipeline_once_and_records_the_run(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stock_pipeline_job succeeded" in done.stdout
+    # Every run ends with its email (the daemon's sensors do not see runs made here).
+    [sent] = sent_messages(seeded_stack.moto.endpoint_url, naming.sns_topic)
+    assert sent.subject == "Dora_Explorer_Pipeline_Success"
     head = s3_client.head_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)
     assert len(table_rows(db)) == int(head["Metadata"]["row-count"]) > 0
     # Recorded in the instance at DAGSTER_HOME, so the UI lists it, with who started it.
@@ -55,7 +59,7 @@ def test_a_failed_run_exits_non_zero_naming_the_step_and_can_email(
 ):
     boto3.client("sns").create_topic(Name=naming.sns_topic)
     s3_client.delete_object(Bucket=naming.source_bucket, Key=FILTER_KEY)
-    assert entry.main(["--notify"]) == 1
+    assert entry.main([]) == 1
     err = capsys.readouterr().err
     assert "stock_pipeline_job FAILED" in err
     assert "step historical_stock_data: Failure: filter file" in err
@@ -65,6 +69,12 @@ def test_a_failed_run_exits_non_zero_naming_the_step_and_can_email(
     with DagsterInstance.get() as instance:
         [run] = instance.get_runs()
     assert run.tags[NOTIFICATION_TAG] == "sent"
+
+
+def test_no_notify_runs_without_an_email(seeded_stack, dagster_home, naming):
+    boto3.client("sns").create_topic(Name=naming.sns_topic)
+    assert entry.main(["--no-notify"]) == 0
+    assert sent_messages(seeded_stack.moto.endpoint_url, naming.sns_topic) == []
 
 
 def test_scripts_holds_the_sql_and_the_entry_a_grader_can_run(seeded_stack, s3_client, naming):
