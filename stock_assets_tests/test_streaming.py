@@ -11,6 +11,7 @@ import pytest
 
 from stock_assets.pipeline import quality
 from stock_assets.pipeline.combine import combine
+from stock_assets.pipeline.ledger import LEDGER_TABLE
 from stock_assets.pipeline.load import (
     LoadCheckFailed,
     PipelinedLoad,
@@ -27,6 +28,7 @@ from stock_assets.pipeline.output import (
 )
 from stock_assets.pipeline.quality import ChecksummingReader
 from stock_assets.pipeline.transform import transform_files
+from stock_assets.settings import TABLE_NAME
 from stock_assets_tests.conftest import sample_files, table_rows
 
 SHIFTED = (
@@ -221,6 +223,17 @@ def test_a_failure_after_the_copy_leaves_the_table_as_it_was(clean_stack, db):
         load.finish(1)
         raise RuntimeError("upload failed")  # e.g. the CSV's PUT, before commit
     assert table_rows(db) == before
+
+
+def test_a_failed_first_load_leaves_no_table_as_it_found_none(clean_stack, db):
+    url = clean_stack.env["STOCK_ASSETS_DATABASE_URL"]
+    with pytest.raises(RuntimeError, match="upload failed"), PipelinedLoad(_connect(url)) as load:
+        load.write(b"2020-01-02,1.0,1.0,1.0,1.0,1,0.0,0.0,new\n")
+        load.finish(1)
+        raise RuntimeError("upload failed")
+    with db.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s), to_regclass(%s)", (TABLE_NAME, LEDGER_TABLE))
+        assert cur.fetchone() == (None, None)
 
 
 def test_a_wrong_row_count_fails_the_check_and_rolls_back(clean_stack, db):

@@ -161,12 +161,12 @@ class TableLoad:
 
     def __enter__(self) -> TableLoad:
         self._started = time.perf_counter()
-        ensure_table(self.conn, self.table)
-        self.conn.commit()
         truncate, self._copy_sql = statements("insert_query.sql", table=self.table)
         self._cursor = self.conn.cursor()
         # Fail clearly instead of waiting forever behind another session's lock.
         self.set_local("lock_timeout", self.lock_timeout)
+        # In the load's transaction: a first load that fails leaves no table, as it found none.
+        ensure_table(self.conn, self.table)
         self.rows_before = count_rows(self._cursor, self.table)
         self._cursor.execute(truncate)
         return self
