@@ -311,6 +311,29 @@ def test_helm_values_match_the_chart_and_load_k8s_run_launcher(tmp_path: Path) -
         assert not SECRET_NAME.search(variable["name"]), variable
     # Secrets by reference only.
     assert {s["name"] for s in deployment["envSecrets"]} == {"stock-assets-env"}
+    assert {"name": "STOCK_ASSETS_SENSOR_INTERVAL_SECONDS", "value": "15"} in deployment["env"]
+
+    # Dagster's storage URL as the chart's instance template renders it (`scheme` only when
+    # postgresqlScheme is set) loads with the image's driver, psycopg2.
+    import sqlalchemy
+    from dagster_postgres.utils import pg_url_from_config
+
+    pg = values["postgresql"]
+    postgres_db = {
+        "username": pg["postgresqlUsername"], "password": "not-a-real-password",
+        "hostname": pg["postgresqlHost"], "db_name": pg["postgresqlDatabase"],
+        "port": pg["service"]["port"], "params": pg["postgresqlParams"],
+        **({"scheme": pg["postgresqlScheme"]} if pg.get("postgresqlScheme") else {}),
+    }  # fmt: skip
+    engine = sqlalchemy.create_engine(pg_url_from_config({"postgres_db": postgres_db}))
+    assert engine.dialect.driver == "psycopg2"
+
+    # One annotated service account for every pod: the chart creates it under
+    # global.serviceAccountName, and the user-deployments subchart (the code location, and so
+    # the runs' Jobs) uses that name instead of making an account without the IAM role.
+    assert values["serviceAccount"]["create"] is True
+    assert values["global"]["serviceAccountName"] == "stock-assets"
+    assert "eks.amazonaws.com/role-arn" in values["serviceAccount"]["annotations"]
 
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
