@@ -421,6 +421,28 @@ def test_compose_airflow_service_adopts_a_run_instead_of_launching_twice(
         assert f"Dagster run {ended} from an earlier try already ended SUCCESS" in logs
         tagged = deployment.instance().get_run_records(RunsFilter(tags=identity))
         assert [r.dagster_run.run_id for r in tagged] == [ended]  # no second run
+
+        # One that failed is not taken (a Clear after the cause was fixed keeps the Airflow
+        # run id): the task launches a new run, which succeeds now.
+        cleared_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
+        identity = {**identity, "airflow/run_id": cleared_run_id}
+        s3 = boto3.client("s3")
+        kept_filter = s3.get_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY)["Body"].read()
+        s3.delete_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY)
+        failed = deployment.launch_run(tags=identity)
+        wait_until(lambda: run_status(deployment, failed) == "FAILURE", "the failed run", 300)
+        s3.put_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY, Body=kept_filter)
+        _api(
+            base,
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            token,
+            body={"dag_run_id": cleared_run_id, "logical_date": None},
+        )
+        assert wait_until(lambda: finished(cleared_run_id), "the third Airflow run", 400) == (
+            "success"
+        )
+        tagged = deployment.instance().get_run_records(RunsFilter(tags=identity))
+        assert [r.dagster_run.status.value for r in tagged] == ["SUCCESS", "FAILURE"]
     finally:
         if "daemon" not in deployment.processes:
             deployment.start_daemon()

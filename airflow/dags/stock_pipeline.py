@@ -353,8 +353,10 @@ def stock_pipeline() -> None:
     @task(
         task_id="run_stock_pipeline_job",
         # Retries cover a launch that never reached Dagster; a retry first adopts the run this
-        # Airflow run already started, going or ended (the try that launched it may have died
-        # after it reached Dagster), so it never starts a second one.
+        # Airflow run already started if it is still going or succeeded (the try that launched
+        # it may have died after it reached Dagster), so the pipeline never runs twice at once.
+        # A Dagster run that failed ends the task without retries (AirflowFailException); a
+        # Clear then launches a new run.
         retries=1,
         retry_delay=timedelta(minutes=1),
         execution_timeout=timedelta(hours=3),
@@ -372,22 +374,29 @@ def stock_pipeline() -> None:
         tags = {**identity, "airflow/try_number": str(context["ti"].try_number)}
 
         earlier = client.earlier_run(identity)
-        if earlier is None:
+        if earlier is not None and earlier[1] not in TERMINAL_STATUSES:
+            run_id = earlier[0]
+            log.info(
+                "Dagster run %s from an earlier try is still going, waiting for it: %s",
+                run_id, settings.run_url(run_id),
+            )  # fmt: skip
+        elif earlier is not None and earlier[1] == "SUCCESS":
+            run_id = earlier[0]
+            log.info(
+                "Dagster run %s from an earlier try already ended SUCCESS; taking its result "
+                "instead of launching another (a new DAG run runs the pipeline again): %s",
+                run_id, settings.run_url(run_id),
+            )  # fmt: skip
+        else:
+            # None yet, or the earlier one failed or was canceled: a retry, or a Clear after the
+            # cause was fixed, is meant to try the pipeline again, not to repeat its failure.
+            if earlier is not None:
+                log.info(
+                    "Dagster run %s from an earlier try ended %s; launching a new one",
+                    earlier[0], earlier[1],
+                )  # fmt: skip
             run_id = client.launch_run(tags)
             log.info("Dagster run %s launched: %s", run_id, settings.run_url(run_id))
-        else:
-            run_id, earlier_status = earlier
-            if earlier_status in TERMINAL_STATUSES:
-                log.info(
-                    "Dagster run %s from an earlier try already ended %s; taking its result "
-                    "instead of launching another: %s",
-                    run_id, earlier_status, settings.run_url(run_id),
-                )  # fmt: skip
-            else:
-                log.info(
-                    "Dagster run %s from an earlier try is still going, waiting for it: %s",
-                    run_id, settings.run_url(run_id),
-                )  # fmt: skip
 
         status = client.wait(run_id)
         if status != "SUCCESS":
