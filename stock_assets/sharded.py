@@ -40,6 +40,20 @@ def _config(context: OpExecutionContext, settings, postgres, s3) -> RunConfig:
     return settings.run_config(context.run_id, postgres.table, s3.verify, trigger)
 
 
+def _refuse_resume(context: OpExecutionContext) -> None:
+    """A re-execution of some steps (from failure) reuses the parent run's plan and shard
+    results, but their scratch was removed when it failed (nothing is left behind): say so,
+    instead of failing on a missing part or the parent's error. Re-executing every step is a
+    fresh, complete run."""
+    run = context.run
+    if run.parent_run_id and "sharded_plan" not in (run.step_keys_to_execute or ["sharded_plan"]):
+        raise Failure(
+            f"{SHARDED_JOB} cannot resume from failure: the shards' data was removed when run "
+            f"{run.parent_run_id} failed. Re-execute all steps instead (Re-execute → All steps); "
+            "the CSV and the table are unchanged."
+        )
+
+
 def _op_events(events):
     """An asset step's events (`assets.csv_events`, `table_events`) as an op's."""
     for event in events:
@@ -89,6 +103,7 @@ def sharded_part(
     settings: PipelineSettings,
 ) -> ShardResult:
     """One shard: its files → a CSV part in S3 and a staging table (see `run_shard`)."""
+    _refuse_resume(context)
     (_, names), (index, count) = plan, shard
     config = _config(context, settings, postgres, s3)
     result = run_shard(config, s3.get_client(), postgres.connect, names, count, index)
@@ -107,6 +122,7 @@ def sharded_finish(
     settings: PipelineSettings,
 ):
     """The verdicts over all shards, the CSV in filter order, the table in one transaction."""
+    _refuse_resume(context)
     started_at, names = plan
     config = _config(context, settings, postgres, s3)
     try:

@@ -246,6 +246,38 @@ def test_a_failing_shard_fails_the_run_and_changes_nothing(
     assert leftovers(s3_client, naming, db) == []
 
 
+def test_a_failed_sharded_run_is_re_executed_whole_not_from_failure(
+    richer_stack, s3_client, naming, db, s3_proxy
+):
+    """Its scratch went with the failure (above), so resuming cannot work: it says so and
+    changes nothing; re-executing every step, once the cause is gone, is a complete run."""
+    from dagster import ReexecutionOptions
+
+    def run(instance, options=None):
+        with execute_job(
+            reconstructable(sharded_job), instance=instance, run_config=run_config(4),
+            reexecution_options=options, raise_on_error=False,
+        ) as result:  # fmt: skip
+            return result.success, result.run_id, _failures(result.all_events)
+
+    assert run_job().success
+    before = snapshot(s3_client, naming, db)
+    s3_proxy.faults.append(
+        HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}blj.us.csv", status=500)
+    )
+    with instance_for_test() as instance:
+        success, failed, _ = run(instance)
+        assert not success
+        s3_proxy.faults.clear()  # the cause is gone
+        success, _, failures = run(instance, ReexecutionOptions.from_failure(failed, instance))
+        assert not success
+        assert any("cannot resume from failure" in f and failed in f for f in failures)
+        assert snapshot(s3_client, naming, db) == before
+        success, _, failures = run(instance, ReexecutionOptions(parent_run_id=failed))
+        assert success, failures
+    assert leftovers(s3_client, naming, db) == []
+
+
 def test_an_over_limit_file_in_one_shard_stops_the_run_before_anything_is_published(
     richer_stack, s3_client, naming, db
 ):
