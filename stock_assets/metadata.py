@@ -24,6 +24,7 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetSpec,
+    DataVersion,
     FreshnessPolicy,
     MetadataValue,
     TableColumn,
@@ -276,3 +277,12 @@ def asset_materializations(result: Any, asset: str) -> list[AssetMaterialization
         for event in result.get_asset_materialization_events()
         if event.asset_key == key
     ]
+
+
+def data_version_tags(version: DataVersion | None) -> dict[str, str] | None:
+    """The tags an asset step writes for its data version (lineage and staleness read them),
+    for an op that records an asset's materialisation itself (the sharded job's steps). Dagster
+    keeps their names in a private module, so they are spelled here."""
+    if version is None:
+        return None
+    return {"dagster/data_version": version.value, "dagster/data_version_is_user_provided": "true"}

@@ -152,9 +152,7 @@ class SNSResource(ConfigurableResource):
         description="Topic name (looked up in the account) or full ARN. "
         "Default from the naming convention; override with STOCK_ASSETS_SNS_TOPIC."
     )
-    region_name: str | None = Field(
-        default=None, description="Default: AWS_REGION, boto3's own resolution, else eu-west-1"
-    )
+    region_name: str | None = Field(default=None, description="Default: see aws.aws_client")
     max_attempts: int = Field(
         default=3, description="Attempts per SNS call, the first one included, before giving up"
     )

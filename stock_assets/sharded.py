@@ -24,7 +24,7 @@ from dagster import (
 
 from stock_assets.assets import csv_events, filter_failed, filter_result, table_events
 from stock_assets.checks import check_result
-from stock_assets.metadata import CSV, VIEW, view_metadata
+from stock_assets.metadata import CSV, VIEW, data_version_tags, view_metadata
 from stock_assets.notifications import describe_trigger
 from stock_assets.pipeline.run import FilterError, RunConfig, read_filter
 from stock_assets.pipeline.shard_merge import finish_sharded
@@ -32,6 +32,7 @@ from stock_assets.pipeline.shards import ShardFailed, ShardResult, clean_up, run
 from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Resource
 
 SHARDED_JOB = "stock_pipeline_sharded_job"
+RESUME_REFUSED = "its shards' data went with it. Re-execute all steps instead; nothing changed."
 ENDED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
 
@@ -41,17 +42,10 @@ def _config(context: OpExecutionContext, settings, postgres, s3) -> RunConfig:
 
 
 def _refuse_resume(context: OpExecutionContext) -> None:
-    """A re-execution of some steps (from failure) reuses the parent run's plan and shard
-    results, but their scratch was removed when it failed (nothing is left behind): say so,
-    instead of failing on a missing part or the parent's error. Re-executing every step is a
-    fresh, complete run."""
+    """Resuming would reuse a failed parent's shard results, whose scratch it removed."""
     run = context.run
     if run.parent_run_id and "sharded_plan" not in (run.step_keys_to_execute or ["sharded_plan"]):
-        raise Failure(
-            f"{SHARDED_JOB} cannot resume from failure: the shards' data was removed when run "
-            f"{run.parent_run_id} failed. Re-execute all steps instead (Re-execute → All steps); "
-            "the CSV and the table are unchanged."
-        )
+        raise Failure(f"{SHARDED_JOB} cannot resume {run.parent_run_id}: {RESUME_REFUSED}")
 
 
 def _op_events(events):
@@ -59,7 +53,8 @@ def _op_events(events):
     for event in events:
         checks = [event]
         if isinstance(event, MaterializeResult):
-            yield AssetMaterialization(event.asset_key, metadata=event.metadata)
+            tags = data_version_tags(event.data_version)
+            yield AssetMaterialization(event.asset_key, metadata=event.metadata, tags=tags)
             checks = event.check_results or []
         for c in checks:
             yield AssetCheckEvaluation(
