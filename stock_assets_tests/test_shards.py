@@ -303,6 +303,29 @@ def test_a_failed_sharded_run_is_re_executed_whole_not_from_failure(
     assert leftovers(s3_client, naming, db) == []
 
 
+def test_a_csv_published_by_the_copy_is_recorded_and_loaded_when_s3_will_not_describe_it(
+    richer_stack, s3_client, naming, db, s3_proxy
+):
+    """The copy replaced the CSV; the HEAD that reads its version is refused. The run must go
+    on to load the table from it and record it (it rolled the table back, leaving the new CSV
+    unrecorded and the table on the old one)."""
+    s3_proxy.faults.append(HttpFault(method="HEAD", path_contains=f"/{OUTPUT_KEY}", status=403))
+    result = sharded_job().execute_in_process(
+        instance=DagsterInstance.ephemeral(), run_config=run_config(2), raise_on_error=False
+    )
+    s3_proxy.faults.clear()
+    assert result.success, _failures(result.all_events)
+    head = s3_client.head_object(Bucket=naming.source_bucket, Key=OUTPUT_KEY)
+    assert head["Metadata"]["dagster-run-id"] == result.run_id
+    assert len(table_rows(db)) == int(head["Metadata"]["row-count"])
+    recorded = {
+        e.asset_key.to_user_string()
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION"
+    }
+    assert {"historical_stock_data_csv", "historical_stocks_data"} <= recorded
+
+
 def test_an_over_limit_file_in_one_shard_stops_the_run_before_anything_is_published(
     richer_stack, s3_client, naming, db
 ):

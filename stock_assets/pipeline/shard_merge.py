@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pv
+from botocore.exceptions import BotoCoreError, ClientError
 from psycopg2 import sql
 
 from stock_assets.pipeline.columns import OUTPUT_COLUMNS
@@ -167,8 +168,9 @@ def _finish(
             except LoadCheckFailed as err:
                 table.verdicts, table.error = err.outcomes, err
                 return outcome  # leaving the block rolls back; the CSV was not published
-            version = _publish(client, config, assembled, crc32, duplicates)
+            _publish(client, config, assembled, crc32, duplicates)
             outcome.published = True
+            version = _published_version(client, config)
             record = LoadRecord(
                 config.run_id, config.triggered_by, started_at,
                 files_read=combined.files_read, files_skipped=len(skipped),
@@ -290,9 +292,11 @@ def _head(lines: list[bytes]) -> pa.Table:
     return pv.read_csv(io.BytesIO(text), read_options=read, convert_options=options)
 
 
-def _publish(client: Any, config: RunConfig, csv: AssembledCsv, crc32: int, duplicates: int) -> str:
+def _publish(
+    client: Any, config: RunConfig, csv: AssembledCsv, crc32: int, duplicates: int
+) -> None:
     """Replace the CSV object with the assembled one (a server-side copy, with the metadata the
-    single path writes); returns its version."""
+    single path writes)."""
     client.copy(
         {"Bucket": config.bucket, "Key": assembled_key(config.run_id)},
         config.bucket,
@@ -309,4 +313,12 @@ def _publish(client: Any, config: RunConfig, csv: AssembledCsv, crc32: int, dupl
             },
         },
     )
-    return object_version(client.head_object(Bucket=config.bucket, Key=OUTPUT_KEY))
+
+
+def _published_version(client: Any, config: RunConfig) -> str | None:
+    """The published CSV's version (the managed copy does not return it); None if S3 will not
+    say: the CSV is published either way, and the table must follow it."""
+    try:
+        return object_version(client.head_object(Bucket=config.bucket, Key=OUTPUT_KEY))
+    except (BotoCoreError, ClientError):
+        return None
