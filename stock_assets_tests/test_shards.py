@@ -1,6 +1,7 @@
 """The sharded mode (issue 18): stock_pipeline_sharded_job under the multiprocess executor gives
 the single path's bytes and table; a failing shard leaves everything as it was."""
 
+import re
 import time
 import uuid
 
@@ -20,7 +21,7 @@ from stock_assets.local.seed import seed_source_bucket
 from stock_assets.pipeline.ledger import LEDGER_TABLE
 from stock_assets.pipeline.output import build_output, csv_byte_length
 from stock_assets.pipeline.quality import OutputProfile
-from stock_assets.pipeline.shards import SCRATCH_PREFIX, shard_of
+from stock_assets.pipeline.shards import SCRATCH_PREFIX, shard_of, staging_table
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, REJECTED_PREFIX, STOCKS_PREFIX
 from stock_assets.sharded import SHARDED_JOB
 from stock_assets_tests.conftest import SAMPLE_FILTER, SAMPLE_STOCKS, sample_files, table_rows
@@ -389,6 +390,26 @@ def test_four_shards_on_the_full_real_data_set_equal_the_single_path(
 
 
 # --- the pieces, without servers ---------------------------------------------------------------
+
+
+def test_over_limit_files_are_named_in_filter_order(richer_stack, s3_client, naming):
+    """As the single path meets them, not in shard order (flhk's shard, 0, comes first)."""
+    big = HEADER + b"2020-01-01,1,1,1,1,1,0\n" * 50_000
+    for name in ("hcn_i.us.csv", "flhk.us.csv"):  # filter positions 2 and 7; shards 1 and 0
+        s3_client.put_object(Bucket=naming.source_bucket, Key=f"{STOCKS_PREFIX}{name}", Body=big)
+    success, _, failures = run_sharded(4, processes=False)
+    assert not success
+    assert any(
+        re.search(r"limit: hcn_i\.us\.csv \(\d+ bytes\), flhk\.us\.csv", f) for f in failures
+    )
+
+
+def test_a_table_name_too_long_for_the_staging_tables_is_refused_not_cut():
+    """PostgreSQL cuts names at 63 bytes: every shard's staging table would be one table."""
+    run_id = str(uuid.uuid4())
+    assert staging_table("t" * 30, run_id, 7).startswith("t" * 30 + "__staging_")
+    with pytest.raises(ValueError, match="too long for the sharded job's staging tables"):
+        staging_table("t" * 45, run_id, 7)
 
 
 def test_a_companys_files_share_a_shard_and_the_hash_is_stable():

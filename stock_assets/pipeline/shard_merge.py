@@ -116,12 +116,13 @@ def _finish(
     if failed := [s for s in shards if s.error]:
         problems = "; ".join(f"shard {s.index}: {s.error}" for s in failed)
         raise ShardFailed(f"{problems}. Nothing was published: the CSV and the table are unchanged")
-    oversized = [o for s in shards for o in s.oversized]
+    order = {name: i for i, name in enumerate(names)}
+    # Named in filter order, the order in which the single path meets them.
+    oversized = sorted((o for s in shards for o in s.oversized), key=lambda o: order[o[0]])
     largest = max((size for _, size in oversized), default=0)
     limits = input_limits(len(names), config.max_files, config.max_file_bytes, oversized, largest)
     if oversized:
         return ShardedOutcome(CsvOutcome([limits], len(names)))
-    order = {name: i for i, name in enumerate(names)}
     by_name = {f.file_name: f for s in shards for f in s.files}
     unread = {name: reason for s in shards for name, reason in s.unread.items()}
     cross = sorted(

@@ -58,7 +58,13 @@ def shard_of(file_name: str, shards: int) -> int:
 
 
 def staging_table(table: str, run_id: str, index: int) -> str:
-    return f"{_staging_prefix(table, run_id)}{index}"
+    name = f"{_staging_prefix(table, run_id)}{index}"
+    if len(name.encode()) > 63:  # PostgreSQL would cut it: every shard's would be one table
+        raise ValueError(
+            f"table name {table!r} is too long for the sharded job's staging tables "
+            f"({name!r} is over PostgreSQL's 63 bytes); use stock_pipeline_job or a shorter name"
+        )
+    return name
 
 
 def _staging_prefix(table: str, run_id: str = "") -> str:
