@@ -18,6 +18,7 @@ from psycopg2 import sql
 
 from stock_assets.bucket_layout import ARCHIVE_NAME, FILTER_NAME
 from stock_assets.local.seed import seed_source_bucket
+from stock_assets.metadata import asset_materializations
 from stock_assets.pipeline.ledger import LEDGER_TABLE
 from stock_assets.pipeline.output import build_output, csv_byte_length
 from stock_assets.pipeline.quality import OutputProfile
@@ -156,7 +157,7 @@ def test_four_shards_in_processes_give_the_single_paths_csv_and_table(
     assert leftovers(s3_client, naming, db) == []
 
 
-def test_a_sharded_run_records_the_single_paths_data_versions(richer_stack):
+def test_a_sharded_run_records_the_single_paths_data_versions_and_durations(richer_stack):
     """Lineage and staleness read each materialisation's data version: the same content gives
     the same versions, whichever job made it."""
 
@@ -170,11 +171,14 @@ def test_a_sharded_run_records_the_single_paths_data_versions(richer_stack):
         }
 
     single = versions(run_job())
-    sharded = versions(
-        sharded_job().execute_in_process(
-            instance=DagsterInstance.ephemeral(), run_config=run_config(2)
-        )
+    result = sharded_job().execute_in_process(
+        instance=DagsterInstance.ephemeral(), run_config=run_config(2)
     )
+    sharded = versions(result)
+    # And the run's durations, as the single path reports them (spec §5).
+    [csv] = asset_materializations(result, "historical_stock_data_csv")
+    durations = ("read_transform_seconds", "write_seconds", "duration_seconds")
+    assert all(csv.metadata[name].value > 0 for name in durations)
     shared = {"top_companies", "historical_stock_data_csv", "historical_stocks_data"}
     assert shared <= sharded.keys()
     assert {k: sharded[k] for k in shared} == {k: single[k] for k in shared}

@@ -9,9 +9,10 @@ import contextlib
 import hashlib
 import io
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -137,7 +138,13 @@ def _finish(
         combined, profile, len(names), skipped, rejects, config.max_reject_fraction
     )
     limits.metadata["largest_bytes"] = max((f.bytes_read for f in combined.files), default=0)
-    csv = CsvOutcome([limits, *verdicts], len(names), combined, None, profile, skipped, rejects)
+    # The run's durations as the single path reports them: the shards read and transformed
+    # until this step began; what follows writes.
+    mark, began = time.perf_counter(), datetime.now(UTC)
+    seconds = {"read_transform_seconds": (began - started_at).total_seconds()}
+    csv = CsvOutcome(
+        [limits, *verdicts], len(names), combined, None, profile, skipped, rejects, seconds
+    )
     csv.reads_retried = sum(s.reads_retried for s in shards)
     outcome = ShardedOutcome(csv)
     if outcome.csv.blocking:
@@ -180,6 +187,8 @@ def _finish(
             )  # fmt: skip
             commit_load(table, lambda: load.commit(record))
         read_preview(table, conn, config.table)
+    seconds["write_seconds"] = time.perf_counter() - mark
+    seconds["duration_seconds"] = (datetime.now(UTC) - started_at).total_seconds()
     return outcome
 
 
