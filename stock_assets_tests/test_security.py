@@ -185,6 +185,19 @@ def test_a_malformed_url_fails_without_showing_its_password(url):
     assert "zzss" not in str(raised.value)
 
 
+@pytest.mark.parametrize("password", ["Xy#9secret", "Xy?9secret", "Xy/9secret", "Xy@9secret"])
+def test_passwords_with_url_delimiters_are_masked_where_they_are_shown(password):
+    """Random generators (Secrets Manager's included) put `#`, `?`, `/` and `@` in passwords;
+    libpq's user part runs to the `@`, so a URL parser's idea of where it ends is not libpq's."""
+    url = f"postgresql://app:{password}@127.0.0.1:1/prod?sslmode=disable"
+    shown = redact_url(url)
+    assert "9secret" not in shown and shown.startswith("postgresql://app:***@")
+    # However the connection fails (a "/" makes libpq take "Xy" for a port), not in its error.
+    with pytest.raises(psycopg2.Error) as raised:
+        PostgresResource(database_url=url, connect_timeout_seconds=2).connect()
+    assert "9secret" not in str(raised.value) and "Xy" not in str(raised.value)
+
+
 def test_a_connection_error_is_left_whole():
     # Only what libpq could not parse is masked: a short password does not blank out the host
     # and the port in an ordinary error.
