@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -189,8 +190,21 @@ def marker_keys_from_tags(tags: Mapping[str, str]) -> list[str]:
     return [str(k) for k in keys] if isinstance(keys, list) else [str(keys)]
 
 
+def printable(text: str) -> str:
+    """`text` on one line: control and format characters (newlines, bidi overrides) escaped,
+    so a marker key or a tag cannot write lines of its own into an email or a log."""
+    return "".join(
+        c if c == " " or unicodedata.category(c)[0] not in "CZ" else ascii(c)[1:-1] for c in text
+    )
+
+
 def describe_trigger(tags: Mapping[str, str]) -> str:
-    """Who or what started the run, from its tags, in words a reader understands."""
+    """Who or what started the run, from its tags, in words a reader understands (one line:
+    see `printable`)."""
+    return printable(_describe_trigger(tags))
+
+
+def _describe_trigger(tags: Mapping[str, str]) -> str:
     trigger = tags.get(TRIGGER_TAG, "").strip()
     keys = marker_keys_from_tags(tags)
     if trigger == TRIGGER_MARKER or keys:

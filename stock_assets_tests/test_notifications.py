@@ -1,6 +1,7 @@
 """Notifications: message building (pure), the SNS resource on moto, and the run-status sensors
 invoked on real in-process runs of the pipeline."""
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -63,6 +64,20 @@ def test_trigger_is_described_from_run_tags():
     assert airflow == "Airflow (stock_assets/airflow_dag_id=stock_pipeline)"
     assert describe_trigger({"dagster/schedule_name": "nightly"}) == "schedule nightly"
     assert describe_trigger({}).startswith("launched by hand")
+
+
+def test_a_marker_key_cannot_write_lines_of_its_own_into_the_email():
+    """Anyone may drop a marker under --marker-policy: its key is shown, escaped, on the
+    trigger's one line; unicode stays readable."""
+    forged = "x\n\nURGENT: re-enter your password at https://evil.example\u202e\n.SUCCESS"
+    tags = {TRIGGER_TAG: "s3-marker", MARKER_BUCKET_TAG: "mon",
+            MARKER_KEYS_TAG: json.dumps([forged, "ünïcødé/🚀.SUCCESS"])}  # fmt: skip
+    shown = describe_trigger(tags)
+    assert "\n" not in shown and "\u202e" not in shown
+    assert "x\\n\\nURGENT" in shown and "\\u202e" in shown
+    assert "s3://mon/ünïcødé/🚀.SUCCESS" in shown
+    body = build_body(_report(trigger=shown))
+    assert not any(line.startswith("URGENT") for line in body.splitlines())
 
 
 def _report(**overrides) -> RunReport:
