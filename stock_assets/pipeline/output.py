@@ -183,7 +183,15 @@ def _csv_text(header: list[str], rows: Iterable[list[object]]) -> bytes:
 
 
 def rejected_rows_csv(rows: Iterable[RejectedRow]) -> bytes:
-    return _csv_text(REJECTED_ROWS_HEADER, ([r.file_name, r.line, r.reason, r.raw] for r in rows))
+    return _csv_text(
+        REJECTED_ROWS_HEADER, ([r.file_name, r.line, r.reason, _inert(r.raw)] for r in rows)
+    )
+
+
+def _inert(text: str) -> str:
+    """A rejected line's text as a spreadsheet shows it, not runs it: one starting like a
+    formula (`=HYPERLINK(…)`) gets a leading `'` (OWASP's advice for CSV injection)."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def skipped_files_csv(files: Iterable[FileResult]) -> bytes:
