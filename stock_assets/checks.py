@@ -18,7 +18,7 @@ from dagster import (
     MetadataValue,
 )
 
-from stock_assets.metadata import CSV, TABLE, TOP_COMPANIES
+from stock_assets.metadata import CSV, TABLE, TOP_COMPANIES, md_text
 from stock_assets.pipeline.verdicts import Verdict
 
 
@@ -64,7 +64,7 @@ TABLE_CHECKS = [
 
 def _value(key: str, value: Any, verdict: Verdict) -> Any:
     if key in verdict.bulleted:
-        return MetadataValue.md("\n".join(f"- {item}" for item in value))
+        return MetadataValue.md("\n".join(f"- {md_text(item)}" for item in value))
     if isinstance(value, (dict, list, tuple)):
         return MetadataValue.json(value)
     return value

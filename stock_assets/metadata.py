@@ -16,6 +16,7 @@ live here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any, ClassVar, Self
@@ -265,7 +266,14 @@ def parquet_metadata(copy: ParquetCopy) -> dict[str, Any]:
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(md_text(v) for v in row) + " |" for row in rows])
+
+
+def md_text(value: Any) -> str:
+    """`value` as plain text in the UI's Markdown: a file's header or a file name echoed in a
+    reason must not become a link, an image, HTML or another table cell."""
+    text = " ".join(str(value).splitlines())
+    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text)
 
 
 def asset_materializations(result: Any, asset: str) -> list[AssetMaterialization]:

@@ -14,7 +14,7 @@ from dagster import AssetCheckSeverity, AssetKey, DagsterInstance
 from stock_assets.definitions import defs
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import SAMPLE_STOCKS, table_rows
-from stock_assets_tests.test_pipeline import run_job
+from stock_assets_tests.test_pipeline import metadata, run_job
 
 HEADER = b"Date,Open,High,Low,Close,Volume,OpenInt\n"
 
@@ -122,6 +122,19 @@ def test_wrong_header_file_is_skipped_with_a_warning(seeded_stack, s3_client, na
     passed, severity, meta = checks(result)["skipped_files"]
     assert (passed, severity, meta["count"]) == (False, AssetCheckSeverity.WARN, 2)
     assert "ccv-cl.us.csv: header is 'when,price'" in meta["examples"]
+
+
+def test_a_header_echoed_into_the_ui_stays_text(seeded_stack, s3_client, naming):
+    """A skipped file's reason quotes its header, which whoever writes Stocks/ controls: in the
+    UI's Markdown it must not become a link (or an image, HTML, a table cell)."""
+    put_stock(s3_client, naming, "ccv-cl.us.csv", b"[Open the fix guide](https://evil.example)\n")
+    result = run_job()
+    assert result.success
+    examples = checks(result)["skipped_files"][2]["examples"]
+    table = metadata(result, "historical_stock_data_csv")["skipped_files"]
+    for shown in (examples, table):
+        assert "\\[Open the fix guide\\](https://evil.example)" in shown
+        assert "[Open the fix guide](" not in shown.replace("\\[", "").replace("\\]", "")
 
 
 def test_file_over_the_size_limit_fails_before_any_work(loaded, s3_client, naming, db):
