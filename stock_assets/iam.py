@@ -112,10 +112,11 @@ def pipeline_role_policy(
                 "Resource": [_bucket(source)],
             },
             {
+                # The marker sensor only lists (key, ETag, LastModified); it never reads one.
                 "Sid": "WatchMarkers",
                 "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetObject"],
-                "Resource": [_bucket(monitored), _objects(monitored, "*")],
+                "Action": ["s3:ListBucket"],
+                "Resource": [_bucket(monitored)],
             },
             {
                 "Sid": "Notify",
