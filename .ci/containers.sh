@@ -218,7 +218,7 @@ start_health_ticker() {
 env_file() {
     if [ -f "$ENV_FILE" ]; then cp "$ENV_FILE" "$ENV_BACKUP" || return 1; fi
     : >"$ENV_FILE.stage" || return 1
-    cp docker/.env.example "$ENV_FILE" || return 1
+    install -m 600 docker/.env.example "$ENV_FILE" || return 1
     local setting
     for setting in \
         "POSTGRES_PASSWORD=$(openssl rand -hex 24)" \
