@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import unquote
 
 import psycopg2
 
@@ -24,14 +24,20 @@ def connect(url: str, **kwargs: Any) -> Any:
     except psycopg2.Error as err:
         message = str(err)
         secrets = _password_parts(psycopg2_dsn(url))
-        # A piece of the password libpq took for something else ("Xy" of "Xy/9z" for a port),
-        # or a value holding a piece of it ("9z@host" of "Xy@9z" for a host name).
+        # libpq may take a piece of the password for something else: "Xy" of "Xy/9z" for a
+        # port, "9z@host" of "Xy@9z" for a host name.
         pieces = [p for s in secrets for p in re.split(r"[@/:?#]", s) if len(p) >= 3]
+        tails = [p + "@" for s in secrets for p in s.split("@")[1:] if p]
 
         def mask(quoted: re.Match[str]) -> str:
             text = quoted[1]
-            leaks = any(text and text in s for s in secrets) or any(p in text for p in pieces)
-            return '"***"' if leaks or message.startswith("invalid dsn") else quoted[0]
+            leaks = (
+                message.startswith("invalid dsn")
+                or any(text and text in s for s in secrets)
+                or any(p in text for p in pieces)
+                or text.startswith(tuple(tails))
+            )
+            return '"***"' if leaks else quoted[0]
 
         masked = _QUOTED.sub(mask, message)
         if masked == message:
@@ -40,37 +46,47 @@ def connect(url: str, **kwargs: Any) -> Any:
 
 
 _QUOTED = re.compile(r'"([^"]*)"')
+_SCHEME = "postgresql://"
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)")
+
+
+def _user_end(dsn: str) -> int | None:
+    """Where a URL's user part ends. Its password may hold `/`, `?`, `#` or `@`, so it is the
+    last `@` followed by a host and the database's path; in a URL without that path, the last
+    `@` before any `/`. None: no user part."""
+    ats = [i for i in range(len(_SCHEME), len(dsn)) if dsn[i] == "@"]
+    for at in reversed(ats):
+        if re.match(r"[^/?#@]*/", dsn[at + 1 :]):
+            return at
+    slash = dsn.find("/", len(_SCHEME))
+    before = [at for at in ats if slash == -1 or at < slash]
+    return before[-1] if before else None
 
 
 def _password_parts(dsn: str) -> list[str]:
-    """Every place a password may sit in `dsn`: a URL's user part after its first `:`, up to
-    the last `@` (a password with `/`, `?`, `#` or `@` spans them), and `password` values."""
-    if not dsn.startswith("postgresql://"):
-        return [m[2].strip("'") for m in _KEY_VALUE_PASSWORD.finditer(dsn)]
-    found, rest = [], dsn
-    if "@" in dsn:
-        user_part, rest = dsn[len("postgresql://") : dsn.rindex("@")], dsn[dsn.rindex("@") :]
-        found += user_part.split(":", 1)[1:]
-    query = urlsplit(rest).query
-    return found + [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "password"]
+    """Every text a password may sit in, as written and percent-decoded: a URL's user part
+    after its first `:`, `password` values of its query or of a `key=value` string."""
+    if not dsn.startswith(_SCHEME):
+        found = [m[2].strip("'") for m in _KEY_VALUE_PASSWORD.finditer(dsn)]
+    else:
+        end = _user_end(dsn)
+        found = dsn[len(_SCHEME) : end].split(":", 1)[1:] if end is not None else []
+        found += [m[2] for m in _QUERY_PASSWORD.finditer(dsn[end or 0 :])]
+    return [form for part in found for form in {part, unquote(part)} if form]
 
 
 def redact_url(url: str) -> str:
     """The connection string without its password, fit for logs and the UI: masked in a URL's
     user part and in a `password` parameter, of a URL's query or of a `key=value` string."""
     dsn = psycopg2_dsn(url)
-    if not dsn.startswith("postgresql://"):  # libpq's key=value form
+    if not dsn.startswith(_SCHEME):  # libpq's key=value form
         return _KEY_VALUE_PASSWORD.sub(r"\1***", dsn)
-    if "@" in dsn:  # the user part runs to the last "@": its password may hold "/", "?" or "#"
-        at = dsn.rindex("@")
-        user, sep, _ = dsn[len("postgresql://") : at].partition(":")
-        dsn = f"postgresql://{user}{sep}{'***' if sep else ''}{dsn[at:]}"
-    parts = urlsplit(dsn)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    if not any(k == "password" for k, _ in pairs):
-        return dsn
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*/")
-    return parts._replace(query=query).geturl()
+    end = _user_end(dsn)
+    if end is not None:
+        user, sep, _ = dsn[len(_SCHEME) : end].partition(":")
+        dsn = f"{_SCHEME}{user}{sep}{'***' if sep else ''}{dsn[end:]}"
+        end = dsn.index("@", len(_SCHEME))
+    return dsn[: end or 0] + _QUERY_PASSWORD.sub(r"\1***", dsn[end or 0 :])
 
 
 # password=secret or password='se cret' (libpq quotes values with spaces; \ escapes inside).

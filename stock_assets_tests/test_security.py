@@ -198,6 +198,28 @@ def test_passwords_with_url_delimiters_are_masked_where_they_are_shown(password)
     assert "9secret" not in str(raised.value) and "Xy" not in str(raised.value)
 
 
+def test_only_the_password_is_masked_around_other_at_signs():
+    """An "@" in the query (a password there, an application name) is not the user part's end."""
+    assert redact_url("postgresql://db.example.com:5432/prod?password=Xy@9secret") == (
+        "postgresql://db.example.com:5432/prod?password=***"
+    )
+    assert redact_url("postgresql://app:pw@h:5432/db?application_name=etl@host1") == (
+        "postgresql://app:***@h:5432/db?application_name=etl@host1"
+    )
+
+
+@pytest.mark.parametrize(
+    "user_part", ["app:ab%40cd/efgh9secret", "app:Xy%21z/9secret", "app:Xy@9z@127.0.0.1:1"]
+)
+def test_encoded_or_short_pieces_of_a_password_are_masked_in_errors(user_part):
+    """libpq quotes what it took for a port or a host decoded, and however short."""
+    url = f"postgresql://{user_part}@127.0.0.1:1/prod"
+    with pytest.raises(psycopg2.Error) as raised:
+        PostgresResource(database_url=url, connect_timeout_seconds=2).connect()
+    shown = str(raised.value)
+    assert not any(piece in shown for piece in ("ab@cd", "Xy!z", '"9z@'))
+
+
 def test_a_connection_error_is_left_whole():
     # Only what libpq could not parse is masked: a short password does not blank out the host
     # and the port in an ordinary error.
