@@ -140,8 +140,9 @@ def check_no_duplicate_keys(csv_duplicates: int | None, deep: bool = False) -> I
 class TableLoad:
     """One replacement of the table's rows, as a context manager around one transaction.
 
-    Entering creates the table if missing (its own transaction, so a failed load never drops it),
-    then opens the load's transaction: lock timeout, TRUNCATE. `copy` streams CSV into it,
+    Entering makes sure the load ledger exists (committed: empty, it shows nothing), then opens
+    the load's transaction: lock timeout, the table created if missing (so a failed first load
+    leaves none, as it found none), TRUNCATE. `copy` streams CSV into it,
     `check` runs in-transaction checks, `commit` makes it visible. Leaving the block without
     `commit` — an exception, a failed check, a failure elsewhere in the caller — rolls back, so
     the table is exactly as it was.
@@ -161,12 +162,18 @@ class TableLoad:
 
     def __enter__(self) -> TableLoad:
         self._started = time.perf_counter()
+        with self.conn.cursor() as cursor:
+            ensure_ledger(cursor)
+        self.conn.commit()
         truncate, self._copy_sql = statements("insert_query.sql", table=self.table)
         self._cursor = self.conn.cursor()
         # Fail clearly instead of waiting forever behind another session's lock.
         self.set_local("lock_timeout", self.lock_timeout)
-        # In the load's transaction: a first load that fails leaves no table, as it found none.
-        ensure_table(self.conn, self.table)
+        # Two first loads would both create the table, and the second fail on the first's
+        # catalog row once it commits: the second waits here instead, then finds it.
+        self._cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+        for statement in statements("create_table.sql", table=self.table):
+            self._cursor.execute(statement)
         self.rows_before = count_rows(self._cursor, self.table)
         self._cursor.execute(truncate)
         return self
