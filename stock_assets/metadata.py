@@ -273,7 +273,11 @@ def md_text(value: Any) -> str:
     """`value` as plain text in the UI's Markdown: a file's header or a file name echoed in a
     reason must not become a link, an image, HTML or another table cell."""
     text = " ".join(str(value).splitlines())
-    return re.sub(r"([\\`*\[\]<>|])", r"\\\1", text)
+    text = re.sub(r"([\\`*\[\]<>|])", r"\\\1", text)
+    # The UI's Markdown (GitHub's flavour) also links bare URLs: break their pattern.
+    return re.sub(
+        r"(?i)(https?|ftp)://|www\.", lambda m: m[0].replace(":", "\\:").replace(".", "\\."), text
+    )
 
 
 def asset_materializations(result: Any, asset: str) -> list[AssetMaterialization]:

@@ -133,8 +133,9 @@ def test_a_header_echoed_into_the_ui_stays_text(seeded_stack, s3_client, naming)
     examples = checks(result)["skipped_files"][2]["examples"]
     table = metadata(result, "historical_stock_data_csv")["skipped_files"]
     for shown in (examples, table):
-        assert "\\[Open the fix guide\\](https://evil.example)" in shown
+        assert "\\[Open the fix guide\\](https\\://evil.example)" in shown
         assert "[Open the fix guide](" not in shown.replace("\\[", "").replace("\\]", "")
+        assert "https://" not in shown  # GitHub-flavoured Markdown links a bare URL too
 
 
 def test_file_over_the_size_limit_fails_before_any_work(loaded, s3_client, naming, db):
