@@ -3,7 +3,7 @@
 `build_report` reads the run's record, its assets' materialisation metadata (through the typed sets
 of `stock_assets.metadata`), its asset checks and its step failures into the Dagster-free
 `RunReport`. `publish_run_outcome` is the only way a run's email goes out: the run-status sensors
-and `python -m stock_assets.entry --notify` both call it. Public Dagster APIs only.
+and `python -m stock_assets.entry` (unless `--no-notify`) both call it. Public Dagster APIs only.
 """
 
 from __future__ import annotations
