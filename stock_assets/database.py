@@ -19,11 +19,12 @@ def connect(url: str, **kwargs: Any) -> Any:
     string it cannot use (a bad percent-escape in a password, a password with `/` taken for a
     port), and the error would carry it into the run's log and the failure email: quoted parts
     that come from the password are masked."""
+    dsn = psycopg2_dsn(url)
     try:
-        return psycopg2.connect(psycopg2_dsn(url), **kwargs)
+        return psycopg2.connect(dsn, **kwargs)
     except psycopg2.Error as err:
         message = str(err)
-        secrets = _password_parts(psycopg2_dsn(url))
+        secrets = _password_parts(dsn)
         # libpq may take a piece of the password for something else: "Xy" of "Xy/9z" for a
         # port, "9z@host" of "Xy@9z" for a host name.
         pieces = [p for s in secrets for p in re.split(r"[@/:?#]", s) if len(p) >= 3]

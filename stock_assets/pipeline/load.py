@@ -54,9 +54,14 @@ class LoadResult:
 def ensure_table(conn: Any, table: str = TABLE_NAME) -> None:
     """The course's table and the load ledger, if missing."""
     with conn.cursor() as cur:
-        for statement in statements("create_table.sql", table=table):
-            cur.execute(statement)
+        create_table(cur, table)
         ensure_ledger(cur)
+
+
+def create_table(cursor: Any, table: str) -> None:
+    """The course's table (`create_table.sql`), if missing, in `cursor`'s transaction."""
+    for statement in statements("create_table.sql", table=table):
+        cursor.execute(statement)
 
 
 def count_rows(cursor: Any, table: str) -> int:
@@ -172,8 +177,7 @@ class TableLoad:
         # Two first loads would both create the table, and the second fail on the first's
         # catalog row once it commits: the second waits here instead, then finds it.
         self._cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
-        for statement in statements("create_table.sql", table=self.table):
-            self._cursor.execute(statement)
+        create_table(self._cursor, self.table)
         self.rows_before = count_rows(self._cursor, self.table)
         self._cursor.execute(truncate)
         return self

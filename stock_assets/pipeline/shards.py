@@ -41,6 +41,7 @@ from typing import Any
 from psycopg2 import sql
 
 from stock_assets.pipeline.companies import company_name
+from stock_assets.pipeline.load import create_table
 from stock_assets.pipeline.output import build_output, csv_byte_length
 from stock_assets.pipeline.quality import OutputProfile
 from stock_assets.pipeline.records import FileResult, RejectedRow
@@ -148,8 +149,7 @@ def _make_part(
     with connect() as conn, conn.cursor() as cur:
         staging = staging_table(config.table, config.run_id, shard.index)
         cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging)))
-        for statement in statements("create_table.sql", table=staging):
-            cur.execute(statement)
+        create_table(cur, staging)
         cur.execute(sql.SQL("ALTER TABLE {} SET UNLOGGED").format(sql.Identifier(staging)))
         truncate, copy = statements("insert_query.sql", table=staging)  # FREEZE needs both
         cur.execute(truncate)
