@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 import boto3
+from botocore.exceptions import BotoCoreError
 
 from stock_assets.settings import DEFAULT_REGION
 
@@ -25,16 +26,25 @@ def _session(profile_name: str | None) -> boto3.session.Session:
     return boto3.session.Session(profile_name=profile_name)
 
 
+def aws_region(profile_name: str | None = None) -> str:
+    """The region every client uses: AWS_REGION (what the README, ECS and Lambda set; botocore
+    itself reads only AWS_DEFAULT_REGION and the profile), AWS_DEFAULT_REGION, the profile's own
+    (~/.aws/config), else the course's eu-west-1 (where provision makes everything; botocore
+    would have none, or us-east-1 for S3)."""
+    from_env = os.environ.get("AWS_REGION")
+    if from_env:
+        return from_env
+    try:
+        with _SESSION_LOCK:
+            return _session(profile_name).region_name or DEFAULT_REGION
+    except BotoCoreError:  # a profile named but missing, a config file that does not parse
+        return DEFAULT_REGION
+
+
 def aws_client(service: str, profile_name: str | None = None, **kwargs: Any) -> Any:
-    """A boto3 client from the process's shared session (see `_session`)."""
+    """A boto3 client from the process's shared session (see `_session`), in `aws_region`
+    unless `region_name` is given."""
+    if not kwargs.get("region_name"):
+        kwargs["region_name"] = aws_region(profile_name)
     with _SESSION_LOCK:
-        session = _session(profile_name)
-        # AWS_REGION is what the README, ECS and Lambda set, but botocore reads only
-        # AWS_DEFAULT_REGION and the profile: pass it on. Where none says, the course's region
-        # (provision made everything there; botocore would have none, or us-east-1 for S3). An
-        # explicit region_name wins.
-        if not kwargs.get("region_name"):
-            kwargs["region_name"] = (
-                os.environ.get("AWS_REGION") or session.region_name or DEFAULT_REGION
-            )
-        return session.client(service, **kwargs)
+        return _session(profile_name).client(service, **kwargs)

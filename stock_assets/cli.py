@@ -72,11 +72,11 @@ def _prepare_stack(stack, seed: bool) -> None:
     # throwaway stack's runs, marker cursors and notification tags.
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     if seed:
-        import boto3
+        from stock_assets.aws import aws_client
 
         data_dir = find_data_dir()
         started = time.perf_counter()
-        result = seed_source_bucket(boto3.client("s3"), Naming.from_env(), data_dir)
+        result = seed_source_bucket(aws_client("s3"), Naming.from_env(), data_dir)
         print(
             f"seeded s3://{result.source_bucket}/ with {result.files_uploaded} files "
             f"({result.bytes_uploaded / 1e6:.1f} MB from {data_dir}) "
@@ -85,10 +85,8 @@ def _prepare_stack(stack, seed: bool) -> None:
         )
         # The topic the run-status sensors publish to, so notifications work locally.
         from stock_assets.provision import ensure_topic
-        from stock_assets.settings import aws_region
 
-        sns = boto3.client("sns", region_name=aws_region())
-        arn, _ = ensure_topic(sns, Naming.from_env().sns_topic)
+        arn, _ = ensure_topic(aws_client("sns"), Naming.from_env().sns_topic)
         print(f"SNS topic {arn} (see messages: stock-assets notifications)", flush=True)
 
 
@@ -101,9 +99,9 @@ def _print_env(stack) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     stack = _start_stack(args.workdir)
     try:
-        import boto3
         from dagster import DagsterInstance
 
+        from stock_assets.aws import aws_client
         from stock_assets.definitions import defs
         from stock_assets.jobs import STOCK_PIPELINE_JOB
         from stock_assets.metadata import CSV, PipelineCounts, TableMetadata, asset_materializations
@@ -128,7 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         naming = Naming.from_env()
         local_copy = stack.workdir / "output" / "historical_stock_data.csv"
         local_copy.parent.mkdir(exist_ok=True)
-        boto3.client("s3").download_file(naming.source_bucket, OUTPUT_KEY, str(local_copy))
+        aws_client("s3").download_file(naming.source_bucket, OUTPUT_KEY, str(local_copy))
         import psycopg2
 
         with psycopg2.connect(stack.postgres.url) as conn, conn.cursor() as cur:

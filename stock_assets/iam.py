@@ -19,6 +19,7 @@ import re
 import sys
 from typing import Any
 
+from stock_assets.aws import aws_region
 from stock_assets.settings import (
     FILTER_KEY,
     OUTPUT_KEY,
@@ -28,7 +29,6 @@ from stock_assets.settings import (
     SCRIPTS_PREFIX,
     STOCKS_PREFIX,
     Naming,
-    aws_region,
 )
 from stock_assets.sns import is_topic_arn
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from stock_assets.aws import aws_client, aws_region
 from stock_assets.bucket_layout import (
     FILTER_NAME,
     ensure_layout,
@@ -29,7 +30,7 @@ from stock_assets.bucket_layout import (
     upload_filter_and_scripts,
 )
 from stock_assets.iam import Policy, marker_bucket_policies, public_grader_bucket_policies
-from stock_assets.settings import DEFAULT_REGION, SOURCE_FOLDERS, TABLE_NAME, Naming, aws_region
+from stock_assets.settings import DEFAULT_REGION, SOURCE_FOLDERS, TABLE_NAME, Naming
 from stock_assets.sns import find_topic_arn, is_topic_arn
 
 EMAILS_ENV = "STOCK_ASSETS_NOTIFY_EMAILS"
@@ -296,10 +297,8 @@ def provision(
 ) -> ProvisionResult:
     result = ProvisionResult()
     if not dry_run and (s3 is None or sns is None):
-        import boto3
-
-        s3 = s3 or boto3.client("s3", region_name=config.region)
-        sns = sns or boto3.client("sns", region_name=config.region)
+        s3 = s3 or aws_client("s3", region_name=config.region)
+        sns = sns or aws_client("sns", region_name=config.region)
     for number, step in enumerate(plan(config, s3, sns, result), start=1):
         if dry_run:
             echo(f"  {number}. would ensure {step.description}")
@@ -372,8 +371,6 @@ def drop_marker(s3: Any, bucket: str, key: str) -> dict[str, str]:
 
 
 def cli_trigger(args: Any) -> int:
-    import boto3
-
     from stock_assets.notifications import DAEMON_SENSOR_LOOP_SECONDS, sensor_interval_seconds
 
     naming = Naming.from_env()
@@ -382,7 +379,7 @@ def cli_trigger(args: Any) -> int:
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-    marker = drop_marker(boto3.client("s3", region_name=aws_region()), naming.monitored_bucket, key)
+    marker = drop_marker(aws_client("s3"), naming.monitored_bucket, key)
     print(
         f"dropped s3://{marker['bucket']}/{marker['key']} (ETag {marker['etag']}); "
         "success_marker_sensor starts stock_pipeline_job within "

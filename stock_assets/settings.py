@@ -41,21 +41,6 @@ _OVERRIDDEN = ("source_bucket", "monitored_bucket", "sns_topic")
 _NAME_PART = re.compile(r"[A-Za-z][A-Za-z0-9-]*")  # whole value: fullmatch
 
 
-def aws_region() -> str:
-    """The region the clients use (see `aws.aws_client`): AWS_REGION, AWS_DEFAULT_REGION, the
-    profile's own (~/.aws/config), else the course's eu-west-1."""
-    import boto3
-    from botocore.exceptions import BotoCoreError
-
-    from_env = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if from_env:
-        return from_env
-    try:
-        return boto3.session.Session().region_name or DEFAULT_REGION
-    except BotoCoreError:  # a profile named but missing, a config file that does not parse
-        return DEFAULT_REGION
-
-
 def _slug(part: str) -> str:
     return part.strip().lower()
 

@@ -55,20 +55,22 @@ def test_aws_region_alone_sets_every_clients_region(local_stack, monkeypatch):
 def test_provision_and_the_pipeline_agree_on_a_profiles_region(tmp_path, monkeypatch):
     """Without the variables, the profile's region (~/.aws/config): `provision` creates the
     topic where the pipeline's clients later look for it."""
-    from stock_assets.settings import aws_region
-
     config = tmp_path / "config"
     config.write_text("[default]\nregion = ap-south-1\n")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    assert aws_region() == "ap-south-1"
-    # A fresh process, as a run is (this one's boto3 session has read its config already).
-    code = "from stock_assets.resources import StockS3Resource as S; print(S().get_client().meta.region_name)"
+    # A fresh process, as a run and provision are (this one's boto3 session has read its
+    # config already).
+    code = (
+        "from stock_assets.resources import StockS3Resource as S;"
+        "from stock_assets.aws import aws_region;"
+        "print(aws_region(), S().get_client().meta.region_name)"
+    )
     client = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
-    assert client.stdout.strip() == "ap-south-1"
+    assert client.stdout.split() == ["ap-south-1", "ap-south-1"]
 
 
 def test_without_any_region_setting_every_client_uses_the_courses_region(tmp_path):
@@ -78,7 +80,7 @@ def test_without_any_region_setting_every_client_uses_the_courses_region(tmp_pat
     env["AWS_CONFIG_FILE"] = str(tmp_path / "no-config")
     code = (
         "from stock_assets.resources import StockS3Resource as S, SNSResource as N;"
-        "from stock_assets.settings import aws_region;"
+        "from stock_assets.aws import aws_region;"
         "print(S().get_client().meta.region_name, N(topic='t').get_client().meta.region_name,"
         " aws_region())"
     )
