@@ -27,6 +27,8 @@ MARKER_SUFFIX = ".SUCCESS"
 # (MAX_TAG_VALUE_BYTES), so the tag listing them stays readable and storable.
 MAX_MARKERS_PER_RUN = 100
 CURSOR_VERSION = 1
+# The tag every marker run carries (see chunk_tags).
+MARKER_RUN_TAG = {TRIGGER_TAG: TRIGGER_MARKER}
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,12 @@ def next_seen(markers: Sequence[Marker]) -> dict[str, str]:
     return {m.key: m.version for m in markers}
 
 
+def held_seen(markers: Sequence[Marker], seen: Mapping[str, str]) -> dict[str, str]:
+    """The cursor's entries when the new markers wait for a later tick: what was acted on, for
+    the keys still in the bucket; the new markers (and new versions) stay new."""
+    return {m.key: seen[m.key] for m in markers if m.key in seen}
+
+
 def marker_chunks(markers: Sequence[Marker]) -> list[list[Marker]]:
     """The markers, in order, cut into runs: each run's keys tag within MAX_TAG_VALUE_BYTES and
     at most MAX_MARKERS_PER_RUN keys. Every marker is in exactly one chunk."""
@@ -108,7 +116,7 @@ def chunk_tags(bucket: str, chunk: Sequence[Marker]) -> dict[str, str]:
     """The run tags naming the trigger and its markers (keys over MAX_KEY_IN_TAG_BYTES appear
     shortened, with their hash)."""
     return {
-        TRIGGER_TAG: TRIGGER_MARKER,
+        **MARKER_RUN_TAG,
         MARKER_BUCKET_TAG: bucket,
         MARKER_KEYS_TAG: marker_keys_tag([m.key for m in chunk]),
         MARKER_COUNT_TAG: str(len(chunk)),

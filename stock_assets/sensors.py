@@ -14,6 +14,7 @@ from dagster import (
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
+    RunsFilter,
     RunStatusSensorContext,
     SensorEvaluationContext,
     SensorResult,
@@ -26,11 +27,13 @@ from dagster_aws.s3 import S3Resource
 
 from stock_assets.jobs import stock_pipeline_job
 from stock_assets.markers import (
+    MARKER_RUN_TAG,
     MARKER_SUFFIX,
     Marker,
     chunk_run_key,
     chunk_tags,
     dump_cursor,
+    held_seen,
     list_markers,
     marker_chunks,
     new_markers,
@@ -63,7 +66,8 @@ def marker_run_requests(bucket: str, markers: Sequence[Marker]) -> list[RunReque
     default_status=DefaultSensorStatus.RUNNING,
     description="Starts stock_pipeline_job when a `.SUCCESS` object appears (or is written again) "
     "anywhere in the monitored bucket. The new markers found in one tick share one run (more "
-    "only past a run's tag budget of 100 keys) and are all listed in its tags.",
+    "only past a run's tag budget of 100 keys) and are all listed in its tags. While a run it "
+    "launched is still queued, new markers wait for it to start.",
 )
 def success_marker_sensor(
     context: SensorEvaluationContext, s3: S3Resource, settings: PipelineSettings
@@ -77,13 +81,25 @@ def success_marker_sensor(
             f"monitored bucket s3://{bucket} does not exist: create it with "
             "`stock-assets provision` (or set STOCK_ASSETS_MONITORED_BUCKET)"
         )
-    fresh = new_markers(markers, parse_cursor(context.cursor))
+    seen = parse_cursor(context.cursor)
+    fresh = new_markers(markers, seen)
     cursor = dump_cursor(next_seen(markers))
     if not fresh:
         return SensorResult(
             skip_reason=f"no new {MARKER_SUFFIX} marker in s3://{bucket} "
             f"({len(markers)} marker(s) present, all acted on already)",
             cursor=cursor,
+        )
+    # A queued run has read nothing yet: it will see what these markers announce. They wait for
+    # it to start, so a stream of markers queues one batch at a time, not a run per tick.
+    queued = RunsFilter(
+        job_name=stock_pipeline_job.name, statuses=[DagsterRunStatus.QUEUED], tags=MARKER_RUN_TAG
+    )
+    if waiting := context.instance.get_run_records(queued, limit=1):
+        return SensorResult(
+            skip_reason=f"{len(fresh)} new marker(s) wait for run "
+            f"{waiting[0].dagster_run.run_id} (queued) to start",
+            cursor=dump_cursor(held_seen(markers, seen)),
         )
     context.log.info(
         f"{len(fresh)} new marker(s) in s3://{bucket}: "

@@ -17,8 +17,9 @@ COMMAND_LINE = f"{PACKAGE}.cli"
 # The Dagster layer only wires pipeline/ to Dagster and reports; it should stay small.
 DAGSTER_LAYER = ("definitions", "assets", "checks", "sensors", "resources", "jobs", "sharded")
 # issue 15: about 600; the downstream assets of issue 17 add 42; the sharded job of issue 18
-# (sharded.py, 120 lines, plus its setting and its place in definitions.py) about 125
-MAX_DAGSTER_LAYER_LINES = 760
+# (sharded.py, 120 lines, plus its setting and its place in definitions.py) about 125; the
+# marker sensor's wait while one of its runs is queued (a stream of markers) 16
+MAX_DAGSTER_LAYER_LINES = 776
 
 
 def _module_name(path: Path) -> str:

@@ -2,12 +2,22 @@
 
 import json
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from dagster import SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+    instance_for_test,
+)
 from dagster_aws.s3 import S3Resource
 
+from stock_assets.jobs import STOCK_PIPELINE_JOB
 from stock_assets.markers import (
     MAX_MARKERS_PER_RUN,
     Marker,
@@ -30,11 +40,16 @@ from stock_assets.sensors import marker_run_requests, success_marker_sensor
 from stock_assets_tests.faults import ACCESS_DENIED, HttpFault
 
 
-def tick(cursor: str | None = None, settings: PipelineSettings | None = None):
+def tick(
+    cursor: str | None = None,
+    settings: PipelineSettings | None = None,
+    instance: DagsterInstance | None = None,
+):
     """One sensor evaluation, as the daemon would run it."""
     context = build_sensor_context(
         cursor=cursor,
         resources={"s3": S3Resource(), "settings": settings or PipelineSettings()},
+        instance=instance or DagsterInstance.ephemeral(),
     )
     return success_marker_sensor(context)
 
@@ -122,6 +137,51 @@ def test_rewriting_a_marker_is_a_new_marker(bucket, s3_client):
     assert marker_keys(first) == marker_keys(second) == marker_keys(third) == [[".SUCCESS"]]
     run_keys = {r.run_requests[0].run_key for r in (first, second, third)}
     assert len(run_keys) == 3
+
+
+def test_new_markers_wait_while_a_marker_run_is_queued(bucket, s3_client):
+    """A queued run has read nothing yet and will see what newer markers announce: they wait for
+    it to start, so a stream of markers queues one batch at a time instead of a run per tick."""
+
+    # A queued run needs its code location's origin; Dagster has no public constructor for one.
+    from dagster._core.remote_origin import (
+        InProcessCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    location = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="stock_assets.definitions")
+    )
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), STOCK_PIPELINE_JOB)
+
+    def queue(tags: dict[str, str]) -> DagsterRun:
+        run = DagsterRun(
+            STOCK_PIPELINE_JOB, str(uuid.uuid4()), status=DagsterRunStatus.QUEUED, tags=tags,
+            remote_job_origin=origin,
+        )  # fmt: skip
+        return instance.add_run(run)
+
+    with instance_for_test() as instance:
+        put(s3_client, bucket, "a/.SUCCESS")
+        first = tick(instance=instance)
+        [request] = first.run_requests
+        queued = queue(request.tags)
+        queue({})  # a queued run the sensor did not launch (the UI, Airflow) holds nothing back
+        put(s3_client, bucket, "b/.SUCCESS")
+        put(s3_client, bucket, "a/.SUCCESS", b"again")
+        held = tick(first.cursor, instance=instance)
+        assert not held.run_requests
+        assert held.skip_reason and queued.run_id in held.skip_reason.skip_message
+        assert "2 new marker(s) wait" in held.skip_reason.skip_message
+        held_again = tick(held.cursor, instance=instance)  # still queued: still waiting
+        assert not held_again.run_requests
+
+        instance.delete_run(queued.run_id)  # no longer queued (it started, or was removed)
+        released = tick(held_again.cursor, instance=instance)
+        assert marker_keys(released) == [["a/.SUCCESS", "b/.SUCCESS"]]
+        assert not tick(released.cursor, instance=instance).run_requests
 
 
 def test_cursor_forgets_deleted_markers(bucket, s3_client):
