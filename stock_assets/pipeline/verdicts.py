@@ -52,8 +52,10 @@ def input_limits(
     oversized: list[tuple[str, int]] = (),  # type: ignore[assignment]
     largest_bytes: int = 0,
 ) -> Verdict:
-    """At most `max_files` files (the filter's count, checked before any read), each at most
-    `max_file_bytes` (each GET's Content-Length, checked before its body is used)."""
+    """Each file at most `max_file_bytes` (each GET's Content-Length, checked before its body is
+    used). The count is only a backstop: `read_filter` already refuses a filter naming more than
+    `max_files` files (the `filter_file_valid` check), so in a run this verdict does not fail on
+    it."""
     metadata: dict[str, Any] = {
         "files": files,
         "max_files": max_files,
