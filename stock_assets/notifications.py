@@ -23,9 +23,11 @@ TRIGGER_TAG = "stock_assets/trigger"
 MARKER_BUCKET_TAG = "stock_assets/marker_bucket"
 MARKER_KEYS_TAG = "stock_assets/marker_keys"
 MARKER_COUNT_TAG = "stock_assets/marker_count"
-# Set on the run once its notification is out ("sent") or has failed ("failed").
+# Set on the run once its notification is out ("sent") or has failed ("failed"), with the id of
+# the run it was sent for: a re-execution starts with a copy of its parent's tags.
 NOTIFICATION_TAG = "stock_assets/notification"
 NOTIFICATION_ID_TAG = "stock_assets/notification_message_id"
+NOTIFIED_RUN_TAG = "stock_assets/notification_run_id"
 
 TRIGGER_MARKER = "s3-marker"
 
@@ -133,6 +135,7 @@ class RunReport:
     step_errors: Sequence[StepError] = ()
     # The run-level failure message, used when no step failed (e.g. the run worker died).
     run_failure_message: str | None = None
+    canceled: bool = False  # terminated from the UI or the API, or for its max runtime
 
     @property
     def duration_seconds(self) -> float | None:
@@ -205,6 +208,9 @@ def describe_trigger(tags: Mapping[str, str]) -> str:
 
 
 def _describe_trigger(tags: Mapping[str, str]) -> str:
+    if PARENT_RUN_TAG in tags:  # a re-execution carries its parent's tags, the trigger's too
+        first = _describe_trigger({k: v for k, v in tags.items() if k != PARENT_RUN_TAG})
+        return f"re-execution of run {tags[PARENT_RUN_TAG]} (which was started by: {first})"
     trigger = tags.get(TRIGGER_TAG, "").strip()
     keys = marker_keys_from_tags(tags)
     if trigger == TRIGGER_MARKER or keys:
@@ -226,8 +232,6 @@ def _describe_trigger(tags: Mapping[str, str]) -> str:
         return f"schedule {tags[SCHEDULE_NAME_TAG]}"
     if BACKFILL_TAG in tags:
         return f"backfill {tags[BACKFILL_TAG]}"
-    if PARENT_RUN_TAG in tags:
-        return f"re-execution of run {tags[PARENT_RUN_TAG]}"
     return "launched by hand (Dagster UI, GraphQL API or CLI)"
 
 
@@ -302,13 +306,17 @@ def _failure_lines(report: RunReport) -> list[str]:
         "",
         "What to do: open the run (link above) for the full log and stack trace, fix the cause,",
         "then drop a new .SUCCESS marker (stock-assets trigger) or re-execute the run in the UI.",
-        "A failed run leaves the table exactly as it was before the run.",
+        # Only the table's own load commits it; a step after it (the Parquet copy of a
+        # "Materialize all") can still fail the run.
+        "A failed run leaves the table exactly as it was before the run."
+        if report.numbers.rows_loaded is None
+        else "The table was loaded by this run before it failed: it holds the rows above.",
     ]
     return lines
 
 
 def build_body(report: RunReport) -> str:
-    outcome = "SUCCEEDED" if report.succeeded else "FAILED"
+    outcome = "SUCCEEDED" if report.succeeded else "CANCELED" if report.canceled else "FAILED"
     lines = [
         f"{report.job_name} {outcome}",
         "",

@@ -16,12 +16,20 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from dagster import AssetKey, DagsterEvent, DagsterEventType, DagsterInstance, DagsterRun
+from dagster import (
+    AssetKey,
+    DagsterEvent,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+)
 
 from stock_assets.metadata import CSV, NOT_NOTIFIED, TABLE, PipelineCounts, TableMetadata
 from stock_assets.notifications import (
     NOTIFICATION_ID_TAG,
     NOTIFICATION_TAG,
+    NOTIFIED_RUN_TAG,
     NotificationError,
     ReportedCheck,
     RunNumbers,
@@ -156,7 +164,18 @@ def build_report(
         checks=check_outcomes(instance, run.run_id),
         step_errors=[step_error(e) for e in failures],
         run_failure_message=run_failure_message,
+        canceled=run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED),
     )
+
+
+def already_sent(run: DagsterRun) -> bool:
+    """Whether this run's own email went out. The UI's and GraphQL's re-executions copy every
+    tag of the parent run, its "sent" too: that one is not the child's."""
+    if run.tags.get(NOTIFICATION_TAG) != "sent":
+        return False
+    sent_for = run.tags.get(NOTIFIED_RUN_TAG)
+    # Tags written before the run id was recorded with them: only a re-execution can be wrong.
+    return sent_for == run.run_id if sent_for else run.parent_run_id is None
 
 
 def outcome_subject(naming: Naming, succeeded: bool) -> str:
@@ -215,7 +234,7 @@ def publish_run_outcome(
             if log:
                 log.info(f"run {run.run_id} touched only {sorted(NOT_NOTIFIED)}: no course email")
             return None
-        if run.tags.get(NOTIFICATION_TAG) == "sent":
+        if already_sent(run):
             # A replayed tick (the daemon killed after the tag was written): no second email. Only
             # a kill between SNS's answer and this tag can still send one twice (at least once).
             if log:
@@ -232,9 +251,8 @@ def publish_run_outcome(
             instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
             instance.report_engine_event(message, dagster_run=run)
             raise
-        instance.add_run_tags(
-            run.run_id, {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id}
-        )
+        sent = {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id}
+        instance.add_run_tags(run.run_id, {**sent, NOTIFIED_RUN_TAG: run.run_id})
         if log:
             log.info(f"sent {subject!r} for run {run.run_id} (SNS message {message_id})")
         return message_id

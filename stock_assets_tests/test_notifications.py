@@ -266,6 +266,46 @@ def test_success_sensor_sends_one_actionable_message(seeded_stack, topic, naming
     assert tags[NOTIFICATION_TAG] == "sent" and tags[NOTIFICATION_ID_TAG] == sent.message_id
 
 
+def test_a_re_executed_run_gets_its_own_email(seeded_stack, topic, naming):
+    """The UI's re-execution copies every tag of the parent run, its notification tags too: the
+    child must still be emailed, once, and say it is a re-execution."""
+    instance = DagsterInstance.ephemeral()
+    parent = run_job(instance)
+    with sensor_context(
+        instance, parent, parent.get_run_success_event(), "sns_on_pipeline_success", naming
+    ) as context:
+        sns_on_pipeline_success(context)
+    copied = dict(instance.get_run_by_id(parent.run_id).tags)
+    assert copied[NOTIFICATION_TAG] == "sent"
+    child = defs.resolve_job_def("stock_pipeline_job").execute_in_process(
+        instance=instance,
+        tags={**copied, "dagster/parent_run_id": parent.run_id},
+    )
+    with sensor_context(
+        instance, child, child.get_run_success_event(), "sns_on_pipeline_success", naming
+    ) as context:
+        sns_on_pipeline_success(context)
+        sns_on_pipeline_success(context)  # a replayed tick: still one email for the child
+
+    first, second = inbox(seeded_stack, naming)
+    assert f"Run id:     {parent.run_id}" in first.message
+    assert f"Run id:     {child.run_id}" in second.message
+    assert f"Triggered:  re-execution of run {parent.run_id} (which was started by: test)" in (
+        second.message
+    )
+
+
+def test_a_failure_after_the_tables_load_does_not_claim_the_table_unchanged():
+    """A "Materialize all" also makes the Parquet copy after the table committed: if that step
+    fails, the table holds this run's rows and the email must not say otherwise."""
+    untouched = build_body(_report(numbers=RunNumbers(rows_loaded=None)))
+    assert "leaves the table exactly as it was" in untouched
+    loaded = build_body(_report(numbers=RunNumbers(rows_loaded=12)))
+    assert "leaves the table exactly as it was" not in loaded
+    assert "The table was loaded by this run before it failed" in loaded
+    assert build_body(_report(canceled=True)).startswith("stock_pipeline_job CANCELED")
+
+
 def test_observing_raw_stock_files_sends_no_course_email(seeded_stack, topic, naming):
     # The UI's "Observe" on raw_stock_files is a run too, but no pipeline run: graders look
     # for exactly one Success email per pipeline run.
