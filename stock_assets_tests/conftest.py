@@ -127,3 +127,8 @@ def table_rows(db, order: bool = False) -> list[tuple]:
     with db.cursor() as cur:
         cur.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(TABLE_NAME)))
         return cur.fetchall()
+
+
+def csv_as_table_rows(lines: list[str]) -> list[tuple[str | None, ...]]:
+    """The rows the table must hold for these CSV lines: an empty field is NULL (spec §4)."""
+    return [tuple(v or None for v in line.split(",")) for line in lines]

@@ -52,6 +52,13 @@ def test_the_typed_view_is_the_table_with_real_types(seeded_stack, s3_client, na
         "WHERE company_name = 'blj' AND stock_date = DATE '2008-02-07'",
     )
     assert open_value == 0.0 and percent is None
+    # And in the table itself (the view's NULLIF would turn an empty string into NULL too).
+    stored = query(
+        db,
+        "SELECT daily_percent_change IS NULL, daily_percent_change FROM historical_stocks_data "
+        "WHERE company_name = 'blj' AND stock_date = '2008-02-07'",
+    )
+    assert stored == [(True, None)]
     # The view is an asset of its own, downstream of the table, with its schema.
     view = metadata(result, VIEW_NAME)
     assert view["dagster/row_count"] == rows
