@@ -43,3 +43,14 @@ def test_every_name_follows_the_person_and_the_overrides():
     overridden = Naming.from_settings({"source_bucket": "x-src", "sns_topic": "t"})
     assert (overridden.source_bucket, overridden.sns_topic) == ("x-src", "t")
     assert overridden.monitored_bucket == Naming().monitored_bucket
+
+
+def test_the_monitored_bucket_override_is_the_bucket_named(monkeypatch):
+    """Spec §2 and §6: the marker bucket can be overridden too, in settings and by
+    STOCK_ASSETS_MONITORED_BUCKET; the other names stay derived."""
+    assert Naming.from_settings({"monitored_bucket": "m"}).monitored_bucket == "m"
+    assert PipelineSettings(monitored_bucket="m").naming.monitored_bucket == "m"
+    monkeypatch.setenv("STOCK_ASSETS_MONITORED_BUCKET", "markers-elsewhere")
+    for naming in (Naming.from_env(), PipelineSettings.from_env().naming):
+        assert naming.monitored_bucket == "markers-elsewhere"
+        assert naming.source_bucket == Naming().source_bucket
