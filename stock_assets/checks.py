@@ -34,9 +34,8 @@ TOP_COMPANIES_CHECKS = [
 
 CSV_CHECKS = [
     _spec(CSV, "input_limits",
-          "Each file at most max_file_bytes (checked on each GET's Content-Length, before its "
-          "body is used). The file count (max_files) is checked earlier, by filter_file_valid.",
-          True),
+          "Each file at most max_file_bytes (on each GET's Content-Length, before its body is "
+          "used). The file count (max_files) is checked earlier, by filter_file_valid.", True),
     _spec(CSV, "files_reconcile",
           "Files selected = files read + files skipped: every named file is accounted for.", True),
     _spec(CSV, "rows_reconcile", "Rows read = rows written + rows rejected.", True),
