@@ -235,6 +235,13 @@ def cmd_stack(args: argparse.Namespace) -> int:
         _stop(stack)
 
 
+def cmd_notifications(args: argparse.Namespace) -> int:
+    # local/ is loaded here, not when the parser is built: provision, trigger and iam never load it
+    from stock_assets.local.sns_inbox import cli_notifications
+
+    return cli_notifications(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stock-assets",
@@ -263,7 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_event_commands(sub: argparse._SubParsersAction) -> None:
     """provision / trigger / notifications: they use the environment (AWS or the local stack)."""
-    from stock_assets.local.sns_inbox import cli_notifications
     from stock_assets.provision import cli_provision, cli_trigger
 
     provision = sub.add_parser("provision", help="create the course's AWS resources (idempotent)")
@@ -292,7 +298,7 @@ def _add_event_commands(sub: argparse._SubParsersAction) -> None:
     inbox = sub.add_parser("notifications", help="print the SNS messages moto has kept")
     inbox.add_argument("--all-topics", action="store_true", help="not only this project's topic")
     inbox.add_argument("--json", action="store_true", help="machine-readable output")
-    inbox.set_defaults(func=cli_notifications)
+    inbox.set_defaults(func=cmd_notifications)
     _add_iam_command(sub)
 
 
