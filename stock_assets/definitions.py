@@ -20,6 +20,7 @@ from stock_assets.sensors import (
     sns_on_pipeline_canceled,
     sns_on_pipeline_failure,
     sns_on_pipeline_success,
+    sns_redelivery,
     success_marker_sensor,
 )
 from stock_assets.sharded import stock_pipeline_sharded_job
@@ -32,6 +33,7 @@ defs = Definitions(
         sns_on_pipeline_success,
         sns_on_pipeline_failure,
         sns_on_pipeline_canceled,
+        sns_redelivery,
         parquet_automation,
     ],
     resources={

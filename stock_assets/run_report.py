@@ -12,8 +12,9 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import (
@@ -23,6 +24,7 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
+    RunsFilter,
 )
 
 from stock_assets.metadata import CSV, NOT_NOTIFIED, TABLE, PipelineCounts, TableMetadata
@@ -218,12 +220,14 @@ def publish_run_outcome(
     succeeded: bool,
     run_failure_message: str | None = None,
     log: logging.Logger | None = None,
+    retrying: bool = False,
 ) -> str | None:
     """Email the run's outcome once; the SNS message id, or None if it had been sent already
     or the run is not the pipeline's (`is_pipeline_run`).
 
     A failed publication is made visible where people look (the run's tags and event log, `log`)
-    and re-raised, so a sensor's tick fails in the UI and `entry` exits 3.
+    and re-raised, so a sensor's tick fails in the UI and `entry` exits 3. `retrying` (an email
+    sent again, see `redeliver_lost_emails`): a failure is only raised, the run already says it.
     """
     # The canceled and failure sensors can both fire for one run (the daemon's max-runtime limit
     # reports CANCELED, then FAILURE) in parallel threads of the code server: each must see the
@@ -248,11 +252,57 @@ def publish_run_outcome(
             message = f"SNS notification for run {run.run_id} was NOT sent: {err}"
             if log:
                 log.error(message)
-            instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
-            instance.report_engine_event(message, dagster_run=run)
+            if not retrying:
+                instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "failed"})
+                instance.report_engine_event(message, dagster_run=run)
             raise
         sent = {NOTIFICATION_TAG: "sent", NOTIFICATION_ID_TAG: message_id}
         instance.add_run_tags(run.run_id, {**sent, NOTIFIED_RUN_TAG: run.run_id})
+        if retrying:
+            instance.report_engine_event(f"SNS notification sent late ({message_id})", run)
         if log:
             log.info(f"sent {subject!r} for run {run.run_id} (SNS message {message_id})")
         return message_id
+
+
+# Emails SNS refused are sent again for runs that ended within the last day, once a minute has
+# passed (the run-status sensor's own attempt comes first), oldest first.
+REDELIVERY_WINDOW = timedelta(days=1)
+REDELIVERY_DELAY_SECONDS = 60
+_ENDED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+
+
+def redeliver_lost_emails(
+    instance: DagsterInstance,
+    sns: SNSResource,
+    naming: Naming,
+    log: logging.Logger | None = None,
+    limit: int = 10,
+    delay_seconds: float = REDELIVERY_DELAY_SECONDS,
+) -> list[str]:
+    """Publish again the outcome of runs whose email SNS refused (tagged "failed"); the ids of
+    the runs now emailed. Stops at the first refusal (NotificationError): SNS is still down, and
+    the next call tries again."""
+    lost = RunsFilter(
+        tags={NOTIFICATION_TAG: "failed"},
+        statuses=_ENDED,
+        updated_after=datetime.now(UTC) - REDELIVERY_WINDOW,
+    )
+    sent = []
+    for record in instance.get_run_records(lost, limit=limit, ascending=True):
+        if record.end_time and time.time() - record.end_time < delay_seconds:
+            continue
+        run = record.dagster_run
+        reason = None
+        if run.status == DagsterRunStatus.CANCELED:
+            reason = "the run was canceled before it finished"
+        elif run.status == DagsterRunStatus.FAILURE:
+            failures = instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.RUN_FAILURE
+            ).records
+            reason = failures[-1].event_log_entry.message if failures else None
+        succeeded = run.status == DagsterRunStatus.SUCCESS
+        if publish_run_outcome(instance, run, sns, naming, succeeded=succeeded,
+                               run_failure_message=reason, log=log, retrying=True):  # fmt: skip
+            sent.append(run.run_id)
+    return sent

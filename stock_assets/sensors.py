@@ -44,7 +44,7 @@ from stock_assets.metadata import PARQUET, RAW_STOCK_FILES, stocks_observation
 from stock_assets.notifications import sensor_interval_seconds, shorten_key
 from stock_assets.pipeline.s3 import list_objects
 from stock_assets.resources import PipelineSettings, SNSResource
-from stock_assets.run_report import publish_run_outcome
+from stock_assets.run_report import publish_run_outcome, redeliver_lost_emails
 from stock_assets.settings import STOCKS_PREFIX
 
 # Dagster's tag for an observation's data version (what ObserveResult(data_version=…) writes).
@@ -198,6 +198,17 @@ def sns_on_pipeline_canceled(
     context: RunStatusSensorContext, sns: SNSResource, settings: PipelineSettings
 ) -> None:
     _notify(context, sns, settings, False, "the run was canceled before it finished")
+
+
+@sensor(
+    minimum_interval_seconds=max(60, sensor_interval_seconds()),
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Sends again the emails SNS refused at the end of a run (runs tagged "
+    "`stock_assets/notification=failed` that ended in the last day), once SNS answers.",
+)
+def sns_redelivery(context: SensorEvaluationContext, sns: SNSResource, settings: PipelineSettings):
+    sent = redeliver_lost_emails(context.instance, sns, settings.naming, context.log)
+    return SkipReason(f"sent again for runs {', '.join(sent)}" if sent else "no lost email")
 
 
 # Dagster's implicit default_automation_condition_sensor starts STOPPED: this one is on by

@@ -18,8 +18,9 @@ COMMAND_LINE = f"{PACKAGE}.cli"
 DAGSTER_LAYER = ("definitions", "assets", "checks", "sensors", "resources", "jobs", "sharded")
 # issue 15: about 600; the downstream assets of issue 17 add 42; the sharded job of issue 18
 # (sharded.py, 120 lines, plus its setting and its place in definitions.py) about 125; the
-# marker sensor's wait while one of its runs is queued (a stream of markers) 16
-MAX_DAGSTER_LAYER_LINES = 776
+# marker sensor's wait while one of its runs is queued (a stream of markers) 16; the sensor that
+# sends again the emails SNS refused (sns_redelivery) 11
+MAX_DAGSTER_LAYER_LINES = 787
 
 
 def _module_name(path: Path) -> str:

@@ -251,11 +251,10 @@ def daemon_alive(deployment: DagsterDeployment) -> bool:
     return deployment.processes["daemon"].poll() is None
 
 
-def test_sns_outage_leaves_the_run_successful_and_the_lost_email_visible(
-    deployment, sns_proxy, local_stack
-):
-    before = len(messages(local_stack))
-    # Every SNS call answers 503 while the run ends (the topic lookup and the publish alike).
+@pytest.fixture(scope="module")
+def sns_outage(deployment, sns_proxy) -> dict[str, Any]:
+    """A marker's run that ends while every SNS call answers 503 (the topic lookup and the
+    publish alike); SNS answers again once the run's notification has failed."""
     outage = HttpFault(method="POST", status=503, body=SNS_UNAVAILABLE)
     sns_proxy.faults.append(outage)
     try:
@@ -266,7 +265,11 @@ def test_sns_outage_leaves_the_run_successful_and_the_lost_email_visible(
         )
     finally:
         sns_proxy.faults.remove(outage)
+    return {"run_id": run_id, "status": status, "outage": outage}
 
+
+def test_sns_outage_leaves_the_run_successful_and_the_lost_email_visible(deployment, sns_outage):
+    run_id, status, outage = sns_outage["run_id"], sns_outage["status"], sns_outage["outage"]
     assert status == "SUCCESS"  # the outage does not touch the run's own outcome
     # Retried with backoff, a bounded number of times, then given up.
     assert outage.hits == SNSResource(topic=NAMING.sns_topic).max_attempts == 3
@@ -290,7 +293,8 @@ def test_sns_outage_leaves_the_run_successful_and_the_lost_email_visible(
         ],
         "the failed tick of sns_on_pipeline_success",
     )  # fmt: skip
-    assert not [m for m in messages(local_stack)[before:] if run_id in m.message]
+    # No email went out during the outage: the one the run gets is sent late, once SNS answers
+    # (test_the_lost_email_is_sent_late_once_sns_answers counts exactly one).
     assert daemon_alive(deployment)
 
 
@@ -425,6 +429,27 @@ def test_after_the_outage_every_run_gets_exactly_one_email(deployment, storm, lo
         assert [m.subject for m in mine] == [SUCCESS_SUBJECT]
     # The emails name the markers, unicode included.
     assert any("/ünïcødé/データ/🚀.SUCCESS" in m.message for m in sent)
+    assert daemon_alive(deployment)
+
+
+def test_the_lost_email_is_sent_late_once_sns_answers(deployment, sns_outage, local_stack):
+    """sns_redelivery sends the outage's lost email once SNS answers again (a minute after the
+    run ended at the earliest), exactly once; the run's log says it was sent late."""
+    run_id = sns_outage["run_id"]
+    wait_until(
+        lambda: instance(deployment).get_run_by_id(run_id).tags.get(NOTIFICATION_TAG) == "sent",
+        "the lost email, sent late",
+        timeout=360,
+    )
+    wait_for_ticks(deployment, "sns_redelivery", after=time.time())
+    mine = [m for m in messages(local_stack) if f"Run id:     {run_id}" in m.message]
+    assert [m.subject for m in mine] == [SUCCESS_SUBJECT]
+    records = (
+        instance(deployment)
+        .get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT)
+        .records
+    )
+    assert [r for r in records if "sent late" in r.event_log_entry.message]
     assert daemon_alive(deployment)
 
 

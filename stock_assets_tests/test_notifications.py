@@ -400,6 +400,44 @@ def test_sns_outage_is_recorded_on_the_run_and_raised(seeded_stack, naming, monk
     assert any("was NOT sent" in (r.event_log_entry.message or "") for r in engine_events)
 
 
+def test_a_lost_email_is_sent_again_once_sns_answers(seeded_stack, topic, naming, monkeypatch):
+    """SNS refused the email at the end of the run: the redelivery pass (sensor sns_redelivery)
+    keeps trying without adding to the run's log, and once SNS answers the run gets its email,
+    once."""
+    from stock_assets.run_report import redeliver_lost_emails
+
+    instance = DagsterInstance.ephemeral()
+    result = run_job(instance)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{free_port()}")
+    with sensor_context(
+        instance, result, result.get_run_success_event(), "sns_on_pipeline_success", naming
+    ) as context, pytest.raises(NotificationError):  # fmt: skip
+        sns_on_pipeline_success(context)
+    sns = SNSResource(topic=naming.sns_topic, max_attempts=1, timeout_seconds=1)
+    with pytest.raises(NotificationError):  # SNS still down: the pass fails, the run is left
+        redeliver_lost_emails(instance, sns, naming, delay_seconds=0)
+
+    def engine_messages() -> list[str]:
+        records = instance.get_records_for_run(
+            result.run_id, of_type=DagsterEventType.ENGINE_EVENT
+        ).records
+        return [r.event_log_entry.message or "" for r in records]
+
+    assert len([m for m in engine_messages() if "was NOT sent" in m]) == 1
+    assert instance.get_run_by_id(result.run_id).tags[NOTIFICATION_TAG] == "failed"
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", seeded_stack.moto.endpoint_url)
+    # Within a minute of its end a run is left to its run-status sensor.
+    assert redeliver_lost_emails(instance, sns, naming) == []
+    assert redeliver_lost_emails(instance, sns, naming, delay_seconds=0) == [result.run_id]
+    assert redeliver_lost_emails(instance, sns, naming, delay_seconds=0) == []
+    [sent] = inbox(seeded_stack, naming)
+    assert sent.subject == "Dora_Explorer_Pipeline_Success"
+    assert f"Run id:     {result.run_id}" in sent.message
+    assert instance.get_run_by_id(result.run_id).tags[NOTIFICATION_TAG] == "sent"
+    assert [m for m in engine_messages() if "sent late" in m]
+
+
 def test_unexpected_error_is_reported_unwrapped(
     seeded_stack, topic, naming, monkeypatch, s3_client
 ):
