@@ -19,7 +19,7 @@ from stock_assets.resources import PipelineSettings, PostgresResource, StockS3Re
 from stock_assets.settings import OUTPUT_KEY, STOCKS_PREFIX
 from stock_assets_tests.conftest import REPO_ROOT, SAMPLE_FILTER, table_rows
 from stock_assets_tests.faults import ACCESS_DENIED, HttpFault, TcpToUnixProxy
-from stock_assets_tests.test_pipeline import metadata, run_job
+from stock_assets_tests.test_pipeline import metadata, run_job, spec_csv_lines
 
 ASSETS = [raw_stock_files, historical_stock_data]
 
@@ -140,13 +140,17 @@ def _materialize_with_s3(s3: StockS3Resource, local_stack):
     )
 
 
-def test_a_slow_answer_times_out_and_is_retried(loaded, s3_proxy, local_stack, db):
-    fault = HttpFault(method="GET", path_contains=f"/{STOCKS_PREFIX}", delay=3.0, times=1)
+def test_a_slow_answer_times_out_and_is_retried(
+    loaded, s3_proxy, local_stack, s3_client, naming, db
+):
+    # The filter's first file: its read finishes last, yet its rows still open the CSV.
+    fault = HttpFault(method="GET", path_contains="/tmusp.us.csv", delay=3.0, times=1)
     s3_proxy.faults.append(fault)
     result = _materialize_with_s3(StockS3Resource(read_timeout_seconds=1), local_stack)
     assert result.success, step_errors(result)
     assert fault.hits == 1
     assert sorted(table_rows(db)) == loaded[0]
+    assert output_bytes(s3_client, naming).decode().splitlines() == spec_csv_lines()
 
 
 def test_an_endpoint_that_stays_slow_fails_cleanly(

@@ -9,8 +9,16 @@ from dagster import AssetKey, DagsterInstance
 
 from stock_assets.definitions import defs
 from stock_assets.metadata import asset_materializations
+from stock_assets.pipeline.companies import parse_company_filter
 from stock_assets.settings import FILTER_KEY, OUTPUT_KEY, STOCKS_PREFIX
-from stock_assets_tests.conftest import csv_as_table_rows, sample_files, table_rows
+from stock_assets_tests.conftest import (
+    SAMPLE_FILTER,
+    SAMPLE_STOCKS,
+    csv_as_table_rows,
+    sample_files,
+    table_rows,
+)
+from stock_assets_tests.test_transform import reference_line
 
 FIRST_LINE = (
     "2015-10-27,65.17,65.17,63.056,63.187,36229,-3.0428111094061747,-1.983000000000004,tmusp"
@@ -23,6 +31,16 @@ def run_job(asset_keys: list[str] | None = None):
     return job.execute_in_process(
         instance=DagsterInstance.ephemeral(), raise_on_error=False, asset_selection=selection
     )
+
+
+def spec_csv_lines() -> list[str]:
+    """The sample's output CSV by the spec's rule written the plain way (test_transform's
+    oracle): every data line of each file the filter names, the files in filter order."""
+    lines = []
+    for name in parse_company_filter(SAMPLE_FILTER.read_bytes()).files:
+        data = (SAMPLE_STOCKS / name).read_text().splitlines()[1:]
+        lines += [reference_line(line, name.split(".")[0]) for line in data]
+    return lines
 
 
 def output_lines(s3_client, naming) -> list[str]:
@@ -49,6 +67,8 @@ def test_job_writes_the_spec_csv_and_loads_the_table(seeded_stack, s3_client, na
     # Only filter companies, in filter order; a.us.csv is in Stocks/ but not in the filter.
     companies = list(dict.fromkeys(line.rsplit(",", 1)[1] for line in lines))
     assert companies == ["tmusp", "hcn_i", "blj", "ccv-cl", "two", "flhk"]
+    # The whole CSV, line for line: each file's rows in order, the files in filter order.
+    assert lines == spec_csv_lines()
 
     # The table equals the CSV, row for row, with NULL (not '') where the CSV field is empty.
     assert Counter(table_rows(db)) == Counter(csv_as_table_rows(lines))
