@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stock_assets.notifications import (
@@ -26,7 +26,11 @@ MARKER_SUFFIX = ".SUCCESS"
 # Markers found in one tick share a run, up to this many per run and as many as fit in one tag
 # (MAX_TAG_VALUE_BYTES), so the tag listing them stays readable and storable.
 MAX_MARKERS_PER_RUN = 100
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2
+# A marker becomes visible in a listing once its upload is complete, stamped (S3's clock) with
+# the time it began: an hour covers that delay many times over.
+WATERMARK_MARGIN = timedelta(hours=1)
+_EPOCH = datetime.fromtimestamp(0, UTC)
 # The tag every marker run carries (see chunk_tags).
 MARKER_RUN_TAG = {TRIGGER_TAG: TRIGGER_MARKER}
 
@@ -44,6 +48,10 @@ class Marker:
         # one key within the same second look like one object to any listing.
         return f"{self.etag}@{self.last_modified}"
 
+    @property
+    def modified(self) -> datetime:
+        return datetime.fromisoformat(self.last_modified)
+
 
 def list_markers(client: Any, bucket: str) -> list[Marker]:
     """Every `.SUCCESS` object in the bucket, at any prefix, across all listing pages."""
@@ -54,36 +62,55 @@ def list_markers(client: Any, bucket: str) -> list[Marker]:
     ]
 
 
-def parse_cursor(cursor: str | None) -> dict[str, str]:
-    """key → version of every marker already acted on. An unreadable cursor is an error: starting
-    from nothing would replay every marker in the bucket."""
+@dataclass(frozen=True)
+class Cursor:
+    """What the sensor has acted on. `seen`: key → version of the markers acted on whose
+    LastModified is within WATERMARK_MARGIN of the `watermark`, the newest LastModified acted
+    on; markers older than that are behind the watermark. So the cursor (stored with every tick)
+    stays as small as the markers of the last hour, however many the bucket keeps."""
+
+    seen: Mapping[str, str] = field(default_factory=dict)
+    watermark: datetime | None = None
+
+    def _recent(self, marker: Marker, watermark: datetime | None) -> bool:
+        return watermark is None or marker.modified >= watermark - WATERMARK_MARGIN
+
+    def new(self, markers: Sequence[Marker]) -> list[Marker]:
+        """Markers not yet acted on: a key never seen, or a key written again since."""
+        fresh = (
+            m for m in markers
+            if self._recent(m, self.watermark) and self.seen.get(m.key) != m.version
+        )  # fmt: skip
+        return sorted(fresh, key=lambda m: m.key)
+
+    def after(self, markers: Sequence[Marker]) -> Cursor:
+        """Every marker in the bucket acted on. Deleted ones drop out: one uploaded again later
+        is a new marker."""
+        watermark = max([m.modified for m in markers] + [self.watermark or _EPOCH])
+        recent = {m.key: m.version for m in markers if self._recent(m, watermark)}
+        return Cursor(recent, None if watermark == _EPOCH else watermark)
+
+    def held(self, markers: Sequence[Marker]) -> Cursor:
+        """The new markers left new, for a later tick."""
+        present = {m.key for m in markers}
+        return Cursor({k: v for k, v in self.seen.items() if k in present}, self.watermark)
+
+    def dump(self) -> str:
+        watermark = self.watermark.isoformat() if self.watermark else None
+        seen = dict(sorted(self.seen.items()))
+        return json.dumps({"version": CURSOR_VERSION, "watermark": watermark, "seen": seen})
+
+
+def parse_cursor(cursor: str | None) -> Cursor:
+    """An unreadable cursor is an error: starting from nothing would replay every marker in the
+    bucket. Version 1 (every marker in the bucket, no watermark) is read as it is."""
     if not cursor:
-        return {}
+        return Cursor()
     data = json.loads(cursor)
-    if data.get("version") != CURSOR_VERSION:
+    if data.get("version") not in (1, CURSOR_VERSION):
         raise ValueError(f"unknown cursor version {data.get('version')!r}")
-    return dict(data["seen"])
-
-
-def dump_cursor(seen: Mapping[str, str]) -> str:
-    return json.dumps({"version": CURSOR_VERSION, "seen": dict(sorted(seen.items()))})
-
-
-def new_markers(markers: Sequence[Marker], seen: Mapping[str, str]) -> list[Marker]:
-    """Markers not yet acted on: a key never seen, or a key written again since."""
-    return sorted((m for m in markers if seen.get(m.key) != m.version), key=lambda m: m.key)
-
-
-def next_seen(markers: Sequence[Marker]) -> dict[str, str]:
-    # Only keys still in the bucket: the cursor stays as small as the bucket's marker count, and
-    # a deleted marker uploaded again later is a new marker.
-    return {m.key: m.version for m in markers}
-
-
-def held_seen(markers: Sequence[Marker], seen: Mapping[str, str]) -> dict[str, str]:
-    """The cursor's entries when the new markers wait for a later tick: what was acted on, for
-    the keys still in the bucket; the new markers (and new versions) stay new."""
-    return {m.key: seen[m.key] for m in markers if m.key in seen}
+    watermark = data.get("watermark")
+    return Cursor(dict(data["seen"]), datetime.fromisoformat(watermark) if watermark else None)
 
 
 def marker_chunks(markers: Sequence[Marker]) -> list[list[Marker]]:

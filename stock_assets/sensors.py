@@ -32,12 +32,8 @@ from stock_assets.markers import (
     Marker,
     chunk_run_key,
     chunk_tags,
-    dump_cursor,
-    held_seen,
     list_markers,
     marker_chunks,
-    new_markers,
-    next_seen,
     parse_cursor,
 )
 from stock_assets.metadata import PARQUET, RAW_STOCK_FILES, stocks_observation
@@ -82,8 +78,8 @@ def success_marker_sensor(
             "`stock-assets provision` (or set STOCK_ASSETS_MONITORED_BUCKET)"
         )
     seen = parse_cursor(context.cursor)
-    fresh = new_markers(markers, seen)
-    cursor = dump_cursor(next_seen(markers))
+    fresh = seen.new(markers)
+    cursor = seen.after(markers).dump()
     if not fresh:
         return SensorResult(
             skip_reason=f"no new {MARKER_SUFFIX} marker in s3://{bucket} "
@@ -99,7 +95,7 @@ def success_marker_sensor(
         return SensorResult(
             skip_reason=f"{len(fresh)} new marker(s) wait for run "
             f"{waiting[0].dagster_run.run_id} (queued) to start",
-            cursor=dump_cursor(held_seen(markers, seen)),
+            cursor=seen.held(markers).dump(),
         )
     context.log.info(
         f"{len(fresh)} new marker(s) in s3://{bucket}: "

@@ -4,6 +4,7 @@ import json
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 
 import pytest
 from dagster import (
@@ -20,10 +21,9 @@ from dagster_aws.s3 import S3Resource
 from stock_assets.jobs import STOCK_PIPELINE_JOB
 from stock_assets.markers import (
     MAX_MARKERS_PER_RUN,
+    WATERMARK_MARGIN,
+    Cursor,
     Marker,
-    dump_cursor,
-    new_markers,
-    next_seen,
     parse_cursor,
 )
 from stock_assets.notifications import (
@@ -191,7 +191,7 @@ def test_cursor_forgets_deleted_markers(bucket, s3_client):
     s3_client.delete_object(Bucket=bucket, Key="x/.SUCCESS")
     second = tick(first.cursor)
     assert not second.run_requests
-    assert list(parse_cursor(second.cursor)) == ["y/.SUCCESS"]
+    assert list(parse_cursor(second.cursor).seen) == ["y/.SUCCESS"]
 
 
 def test_markers_past_the_first_listing_page_are_found(bucket, s3_client):
@@ -212,26 +212,57 @@ def test_missing_bucket_is_a_skip_with_advice(clean_stack):
 # --- pure cursor logic ---------------------------------------------------------------------------
 
 
+T1, T2, T3 = "2026-11-01T10:00:00+00:00", "2026-11-01T10:05:00+00:00", "2026-11-01T10:10:00+00:00"
+
+
 def test_new_markers_compare_key_and_version():
-    seen = {"a/.SUCCESS": "e1@t1", "b/.SUCCESS": "e2@t2"}
+    seen = Cursor({"a/.SUCCESS": f"e1@{T1}", "b/.SUCCESS": f"e2@{T2}"})
     markers = [
-        Marker("a/.SUCCESS", "e1", "t1"),  # unchanged
-        Marker("b/.SUCCESS", "e2", "t3"),  # rewritten later
-        Marker("c/.SUCCESS", "e3", "t3"),  # new
+        Marker("a/.SUCCESS", "e1", T1),  # unchanged
+        Marker("b/.SUCCESS", "e2", T3),  # rewritten later
+        Marker("c/.SUCCESS", "e3", T3),  # new
     ]
-    assert [m.key for m in new_markers(markers, seen)] == ["b/.SUCCESS", "c/.SUCCESS"]
+    assert [m.key for m in seen.new(markers)] == ["b/.SUCCESS", "c/.SUCCESS"]
     # The version each marker is remembered by: its ETag and its LastModified.
-    assert next_seen(markers) == {
-        "a/.SUCCESS": "e1@t1",
-        "b/.SUCCESS": "e2@t3",
-        "c/.SUCCESS": "e3@t3",
+    assert seen.after(markers).seen == {
+        "a/.SUCCESS": f"e1@{T1}",
+        "b/.SUCCESS": f"e2@{T3}",
+        "c/.SUCCESS": f"e3@{T3}",
     }
+    assert not seen.after(markers).new(markers)
+
+
+def test_the_cursor_keeps_only_the_markers_near_the_newest():
+    """The cursor is stored with every tick: markers the bucket keeps for months must not make
+    it grow. Those older than the newest by more than WATERMARK_MARGIN are behind its
+    watermark: not in it, and not new either; writing one again makes it new."""
+    newest = datetime.fromisoformat(T3)
+    old = (newest - WATERMARK_MARGIN - timedelta(days=30)).isoformat()
+    recent = (newest - WATERMARK_MARGIN + timedelta(minutes=1)).isoformat()
+    markers = [Marker(f"old/{i}/.SUCCESS", "e", old) for i in range(500)]
+    markers += [Marker("recent/.SUCCESS", "e", recent), Marker("newest/.SUCCESS", "e", T3)]
+    acted = Cursor().after(markers)
+    assert acted.watermark == newest
+    assert sorted(acted.seen) == ["newest/.SUCCESS", "recent/.SUCCESS"]
+    again = parse_cursor(acted.dump())
+    assert again == acted and not again.new(markers)
+    assert len(again.dump()) < 300
+    rewritten = [*markers[1:], Marker("old/0/.SUCCESS", "e2", T3)]
+    assert [m.key for m in again.new(rewritten)] == ["old/0/.SUCCESS"]
+    # Held for a later tick: nothing new is recorded, the watermark does not move.
+    later = Marker("later/.SUCCESS", "e", (newest + timedelta(hours=5)).isoformat())
+    held = again.held([*markers, later])
+    assert held.watermark == newest and [m.key for m in held.new([*markers, later])] == [
+        "later/.SUCCESS"
+    ]
 
 
 def test_cursor_round_trips_and_refuses_unknown_versions():
-    seen = {"b": "2", "a": "1"}
-    assert parse_cursor(dump_cursor(seen)) == seen
-    assert parse_cursor(None) == {}
+    cursor = Cursor({"b": "2", "a": "1"}, datetime.fromisoformat(T2))
+    assert parse_cursor(cursor.dump()) == cursor
+    assert parse_cursor(None) == Cursor()
+    # A cursor of the first version (every marker, no watermark) is read as it is.
+    assert parse_cursor(json.dumps({"version": 1, "seen": {"a": "1"}})) == Cursor({"a": "1"})
     with pytest.raises(ValueError, match="cursor version"):
         parse_cursor(json.dumps({"version": 99, "seen": {}}))
 
