@@ -35,6 +35,7 @@ class HttpFault:
     drop: bool = False  # close the connection without an answer
     corrupt: bool = False  # forward, then flip the answer's first byte (headers kept)
     truncate: bool = False  # forward the headers, then half the body, then close the connection
+    stall: float = 0.0  # forward the headers, then wait this long before the body
     times: int | None = None  # None: every matching request
     hits: int = 0
 
@@ -106,6 +107,9 @@ class FaultyHttpProxy:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                if fault and fault.stall:
+                    self.wfile.flush()
+                    time.sleep(fault.stall)
                 if fault and fault.truncate and data:
                     self.wfile.write(data[: len(data) // 2])  # short of its Content-Length
                     self.wfile.flush()

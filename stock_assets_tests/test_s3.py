@@ -2,6 +2,7 @@
 `get_object` for anything else. On the real moto server, faults injected by an HTTP proxy."""
 
 import base64
+import time
 import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from botocore.exceptions import FlexibleChecksumError, ReadTimeoutError
 
 from stock_assets.pipeline.s3 import (
     ObjectReader,
+    ObjectTooLarge,
     _checksum_matches,
     presigned_get_session,
 )
@@ -122,6 +124,34 @@ def test_a_body_that_stays_corrupted_fails_botocores_checksum_validation(proxy, 
     reader = reader_through(proxy, bucket)
     with pytest.raises(FlexibleChecksumError):
         reader.read(next(iter(BODIES)))
+
+
+@pytest.mark.parametrize("presigned", [True, False], ids=["presigned GET", "get_object"])
+def test_the_size_limit_acts_on_content_length_before_the_body_is_read(proxy, bucket, presigned):
+    """Spec §5's input guard: an object over the per-file limit is refused on its GET's
+    Content-Length, its body never read. Here every answer's body comes late, and cut short:
+    a reader that read the body first would time out or get a short body, and the presigned
+    path would then GET again."""
+    limit, key, stall = 1000, "Stocks/huge.us.csv", 5.0
+    client = StockS3Resource(
+        endpoint_url=proxy.url, read_timeout_seconds=1, max_attempts=1
+    ).get_client()
+    client.put_object(Bucket=bucket, Key=key, Body=b"x" * (limit + 1))
+    proxy.faults.append(HttpFault(method="GET", stall=stall, truncate=True))
+    session = presigned_get_session(client) if presigned else None
+    reader = ObjectReader(client, bucket, session, max_bytes=limit)
+    started = time.monotonic()
+    with pytest.raises(ObjectTooLarge) as refused:
+        reader.read(key)
+    assert time.monotonic() - started < stall / 2  # the body was not waited for
+    assert (refused.value.key, refused.value.size) == (key, limit + 1)
+    [(query, _)] = gets_of(proxy, key)  # one GET, not followed by get_object
+    assert is_presigned(query) is presigned
+    assert reader.fallbacks == 0
+    # At the limit exactly, the object is read (whole: no fault this time).
+    proxy.faults.clear()
+    client.put_object(Bucket=bucket, Key=key, Body=b"x" * limit)
+    assert reader.read(key) == b"x" * limit
 
 
 def test_a_missing_key_raises_what_get_object_raises(proxy, bucket):
