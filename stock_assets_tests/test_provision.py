@@ -12,7 +12,7 @@ from stock_assets.provision import (
     marker_key,
     provision,
 )
-from stock_assets.settings import FILTER_KEY, SOURCE_FOLDERS, TABLE_NAME, Naming
+from stock_assets.settings import FILTER_KEY, TABLE_NAME, Naming
 from stock_assets_tests.conftest import SAMPLE_FILTER
 
 
@@ -56,7 +56,10 @@ def test_provision_creates_everything_and_is_idempotent(config, s3_client, db):
     sns = boto3.client("sns")
     first = provision(config, echo=lambda _: None)
     source = config.naming.source_bucket
-    assert set(SOURCE_FOLDERS) | {FILTER_KEY, "Scripts/insert_query.sql"} <= keys(s3_client, source)
+    # The spec's folders, spelled as it spells them (not the code's SOURCE_FOLDERS).
+    folders = {"CompanyNames/", "Output/", "Scripts/", "Stocks/"}
+    expected = folders | {FILTER_KEY, "Scripts/insert_query.sql"}
+    assert expected <= keys(s3_client, source)
     assert keys(s3_client, config.naming.monitored_bucket) == set()
     assert first.topic_arn.endswith(":de-mbd-predict-dora-explorer-SNS")
     subscriptions = sns.list_subscriptions_by_topic(TopicArn=first.topic_arn)["Subscriptions"]
