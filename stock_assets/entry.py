@@ -15,9 +15,10 @@ The run is recorded in the Dagster instance at $DAGSTER_HOME, so the UI lists it
 asset checks; without DAGSTER_HOME it goes to a throwaway instance (a note says so).
 
 Event-driven runs (a `.SUCCESS` marker) go through the Dagster daemon instead, whose sensors send
-the SNS email. A run started here is not seen by those sensors (it has no code location), so this
-entry sends the same email itself, as every run must end with one (SPEC §1); `--no-notify` skips
-it, e.g. for a trial run.
+the SNS email. A run started here need not have a daemon watching its instance, so this entry
+sends the same email itself, as every run must end with one (SPEC §1), and tags the run so that
+a daemon's sensors leave it alone; `--no-notify` skips it, e.g. for a trial run. A run Dagster
+refuses to create (its configuration does not resolve) still ends with a Failure email.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def _notify(instance: Any, run_id: str, succeeded: bool) -> bool:
             SNSResource.from_env(),
             naming,
             succeeded=succeeded,
+            launcher=True,
         )
     except NotificationError as err:
         # Already retried, and recorded on the run: say so loudly, and let the exit code tell.
@@ -107,6 +109,23 @@ def _notify(instance: Any, run_id: str, succeeded: bool) -> bool:
     subject = outcome_subject(naming, succeeded)
     print(f"sent {subject!r} through SNS (message {message_id})")
     return True
+
+
+def _notify_start_failure(tags: dict[str, str], error: BaseException) -> None:
+    from stock_assets.jobs import STOCK_PIPELINE_JOB
+    from stock_assets.notifications import NotificationError, describe_trigger
+    from stock_assets.resources import SNSResource
+    from stock_assets.run_report import publish_start_failure
+    from stock_assets.settings import Naming
+
+    try:
+        publish_start_failure(
+            SNSResource.from_env(), Naming.from_env(), STOCK_PIPELINE_JOB,
+            describe_trigger(tags), error,
+        )  # fmt: skip
+        print("sent the Failure email through SNS")
+    except NotificationError as err:
+        print(f"the SNS notification was NOT sent: {err}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,13 +147,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from stock_assets.definitions import defs
     from stock_assets.jobs import STOCK_PIPELINE_JOB
-    from stock_assets.notifications import TRIGGER_TAG
+    from stock_assets.notifications import EMAILED_BY_LAUNCHER_TAG, TRIGGER_TAG
     from stock_assets.run_report import step_error
 
     tags.setdefault(TRIGGER_TAG, ENTRY_TRIGGER)  # names the trigger in the UI and the email
+    # This process emails the run (or was told not to): a daemon's sensors leave it alone.
+    tags[EMAILED_BY_LAUNCHER_TAG] = "true" if args.notify else "false (--no-notify)"
     job = defs.resolve_job_def(STOCK_PIPELINE_JOB)
     with _instance() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
+        try:
+            result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
+        except Exception as err:  # before the run existed, e.g. its configuration did not resolve
+            print(f"{STOCK_PIPELINE_JOB} could not start: {err}", file=sys.stderr)
+            if args.notify:
+                _notify_start_failure(tags, err)
+            return 1
         if result.success:
             print(f"{STOCK_PIPELINE_JOB} succeeded (run {result.run_id})\n{_summary(result)}")
         else:

@@ -51,9 +51,6 @@ GROUP = "stock_market"
 # Downstream of the course's pipeline, in its group (the lineage) but left out of
 # stock_pipeline_job: kept fresh by Dagster's declarative automation; its runs send no email.
 PARQUET = AssetKey("historical_stock_data_parquet")
-# Runs that touch only these are not pipeline runs and send no course email: the Parquet copy's
-# refreshes, and observations of raw_stock_files (the UI's "Observe").
-NOT_NOTIFIED = frozenset({PARQUET, RAW_STOCK_FILES})
 
 # The course's table: nine VARCHAR(56) columns, in the CSV's order; the analysts' typed view.
 TABLE_SCHEMA = TableSchema(columns=[TableColumn(name, "varchar(56)") for name in OUTPUT_COLUMNS])

@@ -28,6 +28,9 @@ MARKER_COUNT_TAG = "stock_assets/marker_count"
 NOTIFICATION_TAG = "stock_assets/notification"
 NOTIFICATION_ID_TAG = "stock_assets/notification_message_id"
 NOTIFIED_RUN_TAG = "stock_assets/notification_run_id"
+# On a run whose launcher sends its email itself (python -m stock_assets.entry), or was told not
+# to (--no-notify): the run-status sensors leave it alone.
+EMAILED_BY_LAUNCHER_TAG = "stock_assets/emailed_by_launcher"
 
 TRIGGER_MARKER = "s3-marker"
 

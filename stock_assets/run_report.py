@@ -27,8 +27,17 @@ from dagster import (
     RunsFilter,
 )
 
-from stock_assets.metadata import CSV, NOT_NOTIFIED, TABLE, PipelineCounts, TableMetadata
+from stock_assets.jobs import STOCK_PIPELINE_JOB
+from stock_assets.metadata import (
+    CSV,
+    TABLE,
+    TOP_COMPANIES,
+    VIEW,
+    PipelineCounts,
+    TableMetadata,
+)
 from stock_assets.notifications import (
+    EMAILED_BY_LAUNCHER_TAG,
     NOTIFICATION_ID_TAG,
     NOTIFICATION_TAG,
     NOTIFIED_RUN_TAG,
@@ -44,6 +53,7 @@ from stock_assets.notifications import (
 )
 from stock_assets.resources import SNSResource
 from stock_assets.settings import TABLE_NAME, Naming
+from stock_assets.sharded import SHARDED_JOB
 
 
 def _materialization_metadata(
@@ -184,12 +194,18 @@ def outcome_subject(naming: Naming, succeeded: bool) -> str:
     return naming.subject("Success" if succeeded else "Failure")
 
 
+# What the course's email is about (the Parquet copy and raw_stock_files' observations are not).
+EMAILED_ASSETS = frozenset({TOP_COMPANIES, CSV, TABLE, VIEW})
+
+
 def is_pipeline_run(run: DagsterRun) -> bool:
-    """False for a run that touches only assets outside the course's pipeline (the Parquet
-    copy refreshed by automation, an observation of raw_stock_files): it gets no course email.
-    A job run without a subset is the job."""
-    selected = run.asset_selection
-    return not selected or not selected <= NOT_NOTIFIED
+    """Whether the run gets the course's email: a run of the pipeline's jobs, or one that
+    materialises any of EMAILED_ASSETS (from the UI). Not: a run that touches only the Parquet
+    copy (refreshed by automation) or observes raw_stock_files, nor another code location's run
+    (the sensors watch every location, so that runs without one are seen too)."""
+    if run.asset_selection:
+        return bool(run.asset_selection & EMAILED_ASSETS)
+    return run.job_name in (STOCK_PIPELINE_JOB, SHARDED_JOB)
 
 
 _RUN_LOCKS: dict[str, threading.Lock] = {}
@@ -221,6 +237,7 @@ def publish_run_outcome(
     run_failure_message: str | None = None,
     log: logging.Logger | None = None,
     retrying: bool = False,
+    launcher: bool = False,
 ) -> str | None:
     """Email the run's outcome once; the SNS message id, or None if it had been sent already
     or the run is not the pipeline's (`is_pipeline_run`).
@@ -228,15 +245,16 @@ def publish_run_outcome(
     A failed publication is made visible where people look (the run's tags and event log, `log`)
     and re-raised, so a sensor's tick fails in the UI and `entry` exits 3. `retrying` (an email
     sent again, see `redeliver_lost_emails`): a failure is only raised, the run already says it.
+    A run tagged EMAILED_BY_LAUNCHER_TAG is emailed only by its `launcher` (`entry`).
     """
     # The canceled and failure sensors can both fire for one run (the daemon's max-runtime limit
     # reports CANCELED, then FAILURE) in parallel threads of the code server: each must see the
     # other's "sent" tag before it publishes.
     with _one_at_a_time(run.run_id):
         run = instance.get_run_by_id(run.run_id) or run
-        if not is_pipeline_run(run):
+        if not is_pipeline_run(run) or (EMAILED_BY_LAUNCHER_TAG in run.tags and not launcher):
             if log:
-                log.info(f"run {run.run_id} touched only {sorted(NOT_NOTIFIED)}: no course email")
+                log.info(f"run {run.run_id}: not a pipeline run, or its launcher emails it")
             return None
         if already_sent(run):
             # A replayed tick (the daemon killed after the tag was written): no second email. Only
@@ -263,6 +281,22 @@ def publish_run_outcome(
         if log:
             log.info(f"sent {subject!r} for run {run.run_id} (SNS message {message_id})")
         return message_id
+
+
+def publish_start_failure(
+    sns: SNSResource, naming: Naming, job_name: str, trigger: str, error: BaseException
+) -> str:
+    """The Failure email of a run that could not even be created (e.g. its configuration did
+    not resolve: an unset STOCK_ASSETS_DATABASE_URL): nothing ran, nothing changed."""
+    report = RunReport(
+        run_id="none (the run could not be created)",
+        job_name=job_name,
+        succeeded=False,
+        trigger=trigger,
+        run_url=ui_base_url(),
+        run_failure_message=f"{type(error).__name__}: {error}",
+    )
+    return sns.publish(outcome_subject(naming, False), build_body(report))
 
 
 # Emails SNS refused are sent again for runs that ended within the last day, once a minute has

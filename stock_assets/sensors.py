@@ -146,12 +146,13 @@ def _notify(
     )
 
 
-# What the three notification sensors share. No monitored_jobs: every run of this code
-# location, i.e. stock_pipeline_job and the runs the UI makes when assets are materialised from
-# the graph ("Materialize all", one asset). On by default: a fresh deployment emails at once.
+# What the three notification sensors share. Every code location: runs made without one
+# (`dagster job execute`, `dagster asset materialize`) are emailed too; `is_pipeline_run` keeps
+# the pipeline's. On by default: a fresh deployment emails at once.
 _NOTIFICATION_SENSOR: dict[str, Any] = {
     "minimum_interval_seconds": sensor_interval_seconds(),
     "default_status": DefaultSensorStatus.RUNNING,
+    "monitor_all_code_locations": True,
 }
 
 

@@ -99,3 +99,24 @@ def test_the_downloaded_entry_runs_as_a_script(seeded_stack, s3_client, naming, 
 def test_bad_tags_are_refused():
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         entry.main(["--tag", "novalue"])
+
+
+def test_a_run_that_cannot_be_created_still_ends_with_a_failure_email(
+    seeded_stack, dagster_home, naming
+):
+    """Without STOCK_ASSETS_DATABASE_URL the job's resources do not resolve, and Dagster refuses
+    the run before it exists: the entry says so, exits 1 and still sends the Failure email."""
+    boto3.client("sns").create_topic(Name=naming.sns_topic)
+    env = {k: v for k, v in os.environ.items() if k != "STOCK_ASSETS_DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "stock_assets.entry"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "stock_pipeline_job could not start" in done.stderr
+    [sent] = sent_messages(seeded_stack.moto.endpoint_url, naming.sns_topic)
+    assert sent.subject == "Dora_Explorer_Pipeline_Failure"
+    assert "the run could not be created" in sent.message
+    assert "STOCK_ASSETS_DATABASE_URL" in sent.message
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert not instance.get_runs()

@@ -16,9 +16,12 @@ order and each waits for what it needs rather than sleeping fixed times.
 
 import json
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -471,3 +474,34 @@ def test_the_tag_budget_fits_the_instance_run_storage(deployment, first_run):
         instance(deployment).add_run_tags(
             run_id, {"stock_assets/test_tag_budget_exceeded": secrets.token_hex(1400)}
         )
+
+
+def run_in_a_process(deployment: DagsterDeployment, command: list[str]) -> str:
+    """Run `command` against the deployment's instance; the id of the run it made."""
+    before = {r.run_id for r in instance(deployment).get_run_records(limit=50)}
+    subprocess.run(command, env=deployment.env, check=True, capture_output=True, timeout=600)
+    [run] = [r for r in instance(deployment).get_run_records(limit=50) if r.run_id not in before]
+    return run.dagster_run.run_id
+
+
+def test_runs_made_without_a_code_location_are_emailed_by_whoever_owns_them(
+    deployment, local_stack
+):
+    """`dagster job execute` makes its run in its own process, with no code location: the
+    run-status sensors watch every location, so it gets its email like any run. A run of
+    `python -m stock_assets.entry`, which emails its runs itself (here told not to), gets none
+    from the sensors."""
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    cli = run_in_a_process(
+        deployment,
+        [dagster, "job", "execute", "-m", "stock_assets.definitions", "-j", "stock_pipeline_job"],
+    )
+    entry = run_in_a_process(
+        deployment, [sys.executable, "-m", "stock_assets.entry", "--no-notify"]
+    )
+    wait_for_notification(deployment, cli, "sns_on_pipeline_success")
+    sent = messages(local_stack)
+    assert [m.subject for m in sent if f"Run id:     {cli}" in m.message] == [SUCCESS_SUBJECT]
+    wait_for_ticks(deployment, "sns_on_pipeline_success", after=time.time(), count=2)
+    assert not [m for m in messages(local_stack) if f"Run id:     {entry}" in m.message]
+    assert NOTIFICATION_TAG not in instance(deployment).get_run_by_id(entry).tags

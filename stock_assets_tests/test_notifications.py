@@ -306,6 +306,27 @@ def test_a_failure_after_the_tables_load_does_not_claim_the_table_unchanged():
     assert build_body(_report(canceled=True)).startswith("stock_pipeline_job CANCELED")
 
 
+def test_only_the_pipelines_runs_get_the_course_email():
+    """The run-status sensors watch every code location (runs made without one are emailed too),
+    so another project's runs in the same instance must get no course email."""
+    from dagster import DagsterRun
+
+    from stock_assets.run_report import is_pipeline_run
+
+    def run(job: str, *keys: str) -> DagsterRun:
+        selection = frozenset(AssetKey(k) for k in keys) or None
+        return DagsterRun(job, "r", asset_selection=selection)
+
+    assert is_pipeline_run(run("stock_pipeline_job"))
+    assert is_pipeline_run(run("stock_pipeline_sharded_job"))
+    assert is_pipeline_run(run("__ASSET_JOB", "historical_stocks_data"))
+    assert is_pipeline_run(run("__ASSET_JOB", "historical_stock_data_parquet", "top_companies"))
+    assert not is_pipeline_run(run("__ASSET_JOB", "historical_stock_data_parquet"))
+    assert not is_pipeline_run(run("__ASSET_JOB", "raw_stock_files"))
+    assert not is_pipeline_run(run("another_projects_job"))
+    assert not is_pipeline_run(run("__ASSET_JOB", "another_projects_asset"))
+
+
 def test_observing_raw_stock_files_sends_no_course_email(seeded_stack, topic, naming):
     # The UI's "Observe" on raw_stock_files is a run too, but no pipeline run: graders look
     # for exactly one Success email per pipeline run.
