@@ -551,3 +551,33 @@ def test_a_run_ended_both_canceled_and_failed_gets_one_email(seeded_stack, topic
             context.__exit__(None, None, None)
     [sent] = inbox(seeded_stack, naming)
     assert sent.subject == "Dora_Explorer_Pipeline_Failure"
+
+
+def test_a_sharded_run_gets_one_success_email_through_the_sensors_tick(seeded_stack, topic, naming):
+    """Spec §5: every attempted run gets its email, stock_pipeline_sharded_job's too. The sensor
+    is evaluated as the daemon evaluates it, a tick over the run-status events after its cursor:
+    so the runs it monitors are part of what is tested, not only what it does with one."""
+    from dagster import build_sensor_context
+
+    instance = DagsterInstance.ephemeral()
+    resources = {"sns": SNSResource(topic=naming.sns_topic), "settings": PipelineSettings()}
+
+    def tick(cursor: str | None) -> str | None:
+        context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        return sns_on_pipeline_success.evaluate_tick(context).cursor
+
+    cursor = tick(None)  # the first tick only places the cursor after the events so far
+    result = defs.resolve_job_def("stock_pipeline_sharded_job").execute_in_process(
+        instance=instance,
+        run_config={"resources": {"settings": {"config": {"shards": 1}}}},
+        tags={TRIGGER_TAG: "test"},
+    )
+    assert result.success
+    cursor = tick(cursor)
+    tick(cursor)  # the next tick: nothing new, no second email
+    [sent] = inbox(seeded_stack, naming)
+    assert sent.subject == "Dora_Explorer_Pipeline_Success"
+    assert "stock_pipeline_sharded_job SUCCEEDED" in sent.message
+    assert f"Run id:     {result.run_id}" in sent.message
+    tags = instance.get_run_by_id(result.run_id).tags
+    assert tags[NOTIFICATION_TAG] == "sent" and tags[NOTIFICATION_ID_TAG] == sent.message_id
