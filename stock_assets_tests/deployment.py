@@ -86,7 +86,7 @@ TICKS = """
 query($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
-    ... on Sensor { sensorState { status ticks(limit: 50) {
+    ... on Sensor { sensorState { status ticks(limit: 200) {
       status timestamp runIds error { message }
     } } }
   }

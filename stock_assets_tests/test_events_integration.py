@@ -478,9 +478,10 @@ def test_the_tag_budget_fits_the_instance_run_storage(deployment, first_run):
 
 def run_in_a_process(deployment: DagsterDeployment, command: list[str]) -> str:
     """Run `command` against the deployment's instance; the id of the run it made."""
-    before = {r.run_id for r in instance(deployment).get_run_records(limit=50)}
+    before = {r.dagster_run.run_id for r in instance(deployment).get_run_records(limit=50)}
     subprocess.run(command, env=deployment.env, check=True, capture_output=True, timeout=600)
-    [run] = [r for r in instance(deployment).get_run_records(limit=50) if r.run_id not in before]
+    runs = instance(deployment).get_run_records(limit=50)
+    [run] = [r for r in runs if r.dagster_run.run_id not in before]
     return run.dagster_run.run_id
 
 
