@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -151,13 +152,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stock_assets.run_report import step_error
 
     tags.setdefault(TRIGGER_TAG, ENTRY_TRIGGER)  # names the trigger in the UI and the email
-    # This process emails the run (or was told not to): a daemon's sensors leave it alone.
-    tags[EMAILED_BY_LAUNCHER_TAG] = "true" if args.notify else "false (--no-notify)"
+    # This process emails the run (or was told not to): a daemon's sensors leave it alone. The
+    # tag names the run, so a re-execution from the UI (which copies tags) is theirs to email.
+    run_id = str(uuid.uuid4())
+    tags[EMAILED_BY_LAUNCHER_TAG] = run_id
     job = defs.resolve_job_def(STOCK_PIPELINE_JOB)
     with _instance() as instance:
         try:
-            result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags)
-        except Exception as err:  # before the run existed, e.g. its configuration did not resolve
+            result = job.execute_in_process(
+                instance=instance, raise_on_error=False, tags=tags, run_id=run_id
+            )
+        except Exception as err:  # Dagster's own failure, not a step's
+            if instance.get_run_by_id(run_id) is not None:  # the run existed: report it
+                print(f"{STOCK_PIPELINE_JOB} FAILED (run {run_id}): {err}", file=sys.stderr)
+                if args.notify:
+                    _notify(instance, run_id, False)
+                return 1
+            # Before the run existed, e.g. its configuration did not resolve.
             print(f"{STOCK_PIPELINE_JOB} could not start: {err}", file=sys.stderr)
             if args.notify:
                 _notify_start_failure(tags, err)

@@ -180,6 +180,12 @@ def build_report(
     )
 
 
+def emailed_by_launcher(run: DagsterRun) -> bool:
+    """Whether the process that made this run emails it itself (or was told not to). The tag
+    names the run: a re-execution that copied it is the sensors' to email."""
+    return run.tags.get(EMAILED_BY_LAUNCHER_TAG) == run.run_id
+
+
 def already_sent(run: DagsterRun) -> bool:
     """Whether this run's own email went out. The UI's and GraphQL's re-executions copy every
     tag of the parent run, its "sent" too: that one is not the child's."""
@@ -203,28 +209,34 @@ def is_pipeline_run(run: DagsterRun) -> bool:
     materialises any of EMAILED_ASSETS (from the UI). Not: a run that touches only the Parquet
     copy (refreshed by automation) or observes raw_stock_files, nor another code location's run
     (the sensors watch every location, so that runs without one are seen too)."""
-    if run.asset_selection:
-        return bool(run.asset_selection & EMAILED_ASSETS)
+    if run.asset_selection or run.asset_check_selection:  # from the UI: assets, or checks alone
+        checked = {check.asset_key for check in run.asset_check_selection or ()}
+        return bool((set(run.asset_selection or ()) | checked) & EMAILED_ASSETS)
     return run.job_name in (STOCK_PIPELINE_JOB, SHARDED_JOB)
 
 
-_RUN_LOCKS: dict[str, threading.Lock] = {}
+_RUN_LOCKS: dict[str, tuple[threading.Lock, int]] = {}  # run id → (its lock, callers holding it)
 _RUN_LOCKS_GUARD = threading.Lock()
 
 
 @contextlib.contextmanager
 def _one_at_a_time(run_id: str) -> Iterator[None]:
     """One publication at a time per run in this process; other runs' emails are not held up
-    (a publication may retry SNS for many seconds). A run's lock goes once its tag is written."""
+    (a publication may retry SNS for many seconds). A run's lock goes when no caller holds or
+    awaits it any more (a later caller then makes a new one, nobody being inside)."""
     with _RUN_LOCKS_GUARD:
-        lock = _RUN_LOCKS.setdefault(run_id, threading.Lock())
-    with lock:
-        try:
+        lock, callers = _RUN_LOCKS.get(run_id, (threading.Lock(), 0))
+        _RUN_LOCKS[run_id] = (lock, callers + 1)
+    try:
+        with lock:
             yield
-        finally:
-            with _RUN_LOCKS_GUARD:
-                if _RUN_LOCKS.get(run_id) is lock:
-                    del _RUN_LOCKS[run_id]
+    finally:
+        with _RUN_LOCKS_GUARD:
+            lock, callers = _RUN_LOCKS[run_id]
+            if callers == 1:
+                del _RUN_LOCKS[run_id]
+            else:
+                _RUN_LOCKS[run_id] = (lock, callers - 1)
 
 
 def publish_run_outcome(
@@ -252,7 +264,7 @@ def publish_run_outcome(
     # other's "sent" tag before it publishes.
     with _one_at_a_time(run.run_id):
         run = instance.get_run_by_id(run.run_id) or run
-        if not is_pipeline_run(run) or (EMAILED_BY_LAUNCHER_TAG in run.tags and not launcher):
+        if not is_pipeline_run(run) or (emailed_by_launcher(run) and not launcher):
             if log:
                 log.info(f"run {run.run_id}: not a pipeline run, or its launcher emails it")
             return None
@@ -314,9 +326,10 @@ def redeliver_lost_emails(
     limit: int = 10,
     delay_seconds: float = REDELIVERY_DELAY_SECONDS,
 ) -> list[str]:
-    """Publish again the outcome of runs whose email SNS refused (tagged "failed"); the ids of
-    the runs now emailed. Stops at the first refusal (NotificationError): SNS is still down, and
-    the next call tries again."""
+    """Publish again the outcome of runs whose email SNS refused (tagged "failed"), the
+    launcher's runs too (it has exited); the ids of the runs now emailed. Stops at the first
+    refusal (NotificationError): SNS is still down, and the next call tries again. A run that
+    gets no course email (a copied tag) is tagged "none" and leaves the query."""
     lost = RunsFilter(
         tags={NOTIFICATION_TAG: "failed"},
         statuses=_ENDED,
@@ -336,7 +349,19 @@ def redeliver_lost_emails(
             ).records
             reason = failures[-1].event_log_entry.message if failures else None
         succeeded = run.status == DagsterRunStatus.SUCCESS
-        if publish_run_outcome(instance, run, sns, naming, succeeded=succeeded,
-                               run_failure_message=reason, log=log, retrying=True):  # fmt: skip
+        try:
+            message_id = publish_run_outcome(
+                instance, run, sns, naming, succeeded=succeeded, run_failure_message=reason,
+                log=log, retrying=True, launcher=True,
+            )  # fmt: skip
+        except NotificationError:
+            raise
+        except Exception:  # this run's report could not be made: the others still go out
+            if log:
+                log.exception(f"run {run.run_id}: its email could not be made")
+            continue
+        if message_id:
             sent.append(run.run_id)
+        elif not is_pipeline_run(run):
+            instance.add_run_tags(run.run_id, {NOTIFICATION_TAG: "none"})
     return sent

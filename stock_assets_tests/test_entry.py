@@ -120,3 +120,28 @@ def test_a_run_that_cannot_be_created_still_ends_with_a_failure_email(
     assert "STOCK_ASSETS_DATABASE_URL" in sent.message
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         assert not instance.get_runs()
+
+
+def test_a_dagster_failure_after_the_run_exists_reports_that_run(
+    seeded_stack, dagster_home, naming, capsys, monkeypatch
+):
+    """Dagster itself can fail once the run exists (its storage gone mid-run): that is no
+    "could not be created". The entry names the run and emails its Failure, with its id.
+    Such a failure cannot be made to happen here: Dagster's execute_in_process is replaced by
+    one that creates the run, then raises."""
+    from dagster import JobDefinition
+
+    boto3.client("sns").create_topic(Name=naming.sns_topic)
+
+    def create_then_fail(self, *, instance, tags, run_id, **_):
+        instance.create_run_for_job(self, run_id=run_id, tags=tags)
+        raise RuntimeError("the instance's storage went away")
+
+    monkeypatch.setattr(JobDefinition, "execute_in_process", create_then_fail)
+    assert entry.main([]) == 1
+    with DagsterInstance.get() as instance:
+        [run] = instance.get_runs()
+    assert f"FAILED (run {run.run_id}): the instance's storage went away" in capsys.readouterr().err
+    [sent] = sent_messages(seeded_stack.moto.endpoint_url, naming.sns_topic)
+    assert sent.subject == "Dora_Explorer_Pipeline_Failure"
+    assert f"Run id:     {run.run_id}" in sent.message

@@ -309,7 +309,7 @@ def test_a_failure_after_the_tables_load_does_not_claim_the_table_unchanged():
 def test_only_the_pipelines_runs_get_the_course_email():
     """The run-status sensors watch every code location (runs made without one are emailed too),
     so another project's runs in the same instance must get no course email."""
-    from dagster import DagsterRun
+    from dagster import AssetCheckKey, DagsterRun
 
     from stock_assets.run_report import is_pipeline_run
 
@@ -325,6 +325,52 @@ def test_only_the_pipelines_runs_get_the_course_email():
     assert not is_pipeline_run(run("__ASSET_JOB", "raw_stock_files"))
     assert not is_pipeline_run(run("another_projects_job"))
     assert not is_pipeline_run(run("__ASSET_JOB", "another_projects_asset"))
+    # The UI can run an asset's checks alone (the multi-asset can be subset).
+    checks = {AssetCheckKey(AssetKey("historical_stock_data_csv"), "rows_reconcile")}
+    assert is_pipeline_run(DagsterRun("__ASSET_JOB", "c", asset_check_selection=checks))
+    other = {AssetCheckKey(AssetKey("another_projects_asset"), "fresh")}
+    assert not is_pipeline_run(DagsterRun("__ASSET_JOB", "o", asset_check_selection=other))
+
+
+def test_one_publication_at_a_time_per_run_even_with_three_callers():
+    """The canceled and failure sensors and the redelivery can publish for one run at once:
+    a third caller must not get in while the second holds the lock the first made."""
+    import time
+
+    from stock_assets.run_report import _one_at_a_time
+
+    inside, peak, guard = 0, 0, threading.Lock()
+
+    def publish(delay: float) -> None:
+        nonlocal inside, peak
+        time.sleep(delay)
+        with _one_at_a_time("one-run"):
+            with guard:
+                inside += 1
+                peak = max(peak, inside)
+            time.sleep(0.3)
+            with guard:
+                inside -= 1
+
+    threads = [threading.Thread(target=publish, args=(d,)) for d in (0, 0.1, 0.35)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == 1
+
+
+def test_the_launchers_tag_names_its_run():
+    """entry's runs are emailed by entry; a re-execution from the UI copies the tag, and is the
+    sensors' to email."""
+    from dagster import DagsterRun
+
+    from stock_assets.notifications import EMAILED_BY_LAUNCHER_TAG
+    from stock_assets.run_report import emailed_by_launcher
+
+    assert emailed_by_launcher(DagsterRun("j", "r1", tags={EMAILED_BY_LAUNCHER_TAG: "r1"}))
+    assert not emailed_by_launcher(DagsterRun("j", "r2", tags={EMAILED_BY_LAUNCHER_TAG: "r1"}))
+    assert not emailed_by_launcher(DagsterRun("j", "r3"))
 
 
 def test_observing_raw_stock_files_sends_no_course_email(seeded_stack, topic, naming):
@@ -425,9 +471,19 @@ def test_a_lost_email_is_sent_again_once_sns_answers(seeded_stack, topic, naming
     """SNS refused the email at the end of the run: the redelivery pass (sensor sns_redelivery)
     keeps trying without adding to the run's log, and once SNS answers the run gets its email,
     once."""
+    from dagster import DagsterRun, DagsterRunStatus
+
     from stock_assets.run_report import redeliver_lost_emails
 
     instance = DagsterInstance.ephemeral()
+    # Older runs tagged "failed" that get no course email (a re-execution of the Parquet copy
+    # alone copied its parent's tag): more than one pass takes, and they must not starve it.
+    parquet = frozenset({AssetKey("historical_stock_data_parquet")})
+    for i in range(12):
+        instance.add_run(
+            DagsterRun("__ASSET_JOB", f"copied-tag-{i}", status=DagsterRunStatus.SUCCESS,
+                       asset_selection=parquet, tags={NOTIFICATION_TAG: "failed"})
+        )  # fmt: skip
     result = run_job(instance)
     monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", f"http://127.0.0.1:{free_port()}")
     with sensor_context(
@@ -435,7 +491,10 @@ def test_a_lost_email_is_sent_again_once_sns_answers(seeded_stack, topic, naming
     ) as context, pytest.raises(NotificationError):  # fmt: skip
         sns_on_pipeline_success(context)
     sns = SNSResource(topic=naming.sns_topic, max_attempts=1, timeout_seconds=1)
-    with pytest.raises(NotificationError):  # SNS still down: the pass fails, the run is left
+    # A pass takes ten runs: the first leaves with the decoys (tagged "none"), the second
+    # reaches the run and fails, SNS being still down; the run is left as it was.
+    assert redeliver_lost_emails(instance, sns, naming, delay_seconds=0) == []
+    with pytest.raises(NotificationError):
         redeliver_lost_emails(instance, sns, naming, delay_seconds=0)
 
     def engine_messages() -> list[str]:
@@ -452,6 +511,7 @@ def test_a_lost_email_is_sent_again_once_sns_answers(seeded_stack, topic, naming
     assert redeliver_lost_emails(instance, sns, naming) == []
     assert redeliver_lost_emails(instance, sns, naming, delay_seconds=0) == [result.run_id]
     assert redeliver_lost_emails(instance, sns, naming, delay_seconds=0) == []
+    assert instance.get_run_by_id("copied-tag-0").tags[NOTIFICATION_TAG] == "none"
     [sent] = inbox(seeded_stack, naming)
     assert sent.subject == "Dora_Explorer_Pipeline_Success"
     assert f"Run id:     {result.run_id}" in sent.message
