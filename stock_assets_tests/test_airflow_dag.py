@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -254,7 +255,9 @@ def test_wrong_job_name_fails_without_a_run(
 # --------------------------------------------------------------------------------------------
 
 
-def _api(base: str, path: str, token: str | None = None, body: Any = None) -> Any:
+def _api(
+    base: str, path: str, token: str | None = None, body: Any = None, method: str | None = None
+) -> Any:
     request = urllib.request.Request(
         f"{base}{path}",
         data=None if body is None else json.dumps(body).encode(),
@@ -262,7 +265,7 @@ def _api(base: str, path: str, token: str | None = None, body: Any = None) -> An
             "Content-Type": "application/json",
             **({"Authorization": f"Bearer {token}"} if token else {}),
         },
-        method="GET" if body is None else "POST",
+        method=method or ("GET" if body is None else "POST"),
     )
     with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
         return json.load(response)
@@ -319,22 +322,59 @@ def _stop_group(process: subprocess.Popen) -> None:
     process.wait(10)
 
 
-def test_compose_airflow_service_adopts_a_run_instead_of_launching_twice(
-    airflow_venv: Path, deployment: DagsterDeployment, ready_stack, db, tmp_path: Path
-) -> None:
-    """`airflow standalone` as compose runs it; the DAG triggered like a person or CI would.
+@dataclass
+class Standalone:
+    """docker-compose.yaml's `airflow` service running here, and the REST calls the tests make."""
 
-    The Dagster run for this Airflow run already exists (as after a worker crash and retry): the
-    task must wait for it rather than start a second pipeline run.
-    """
-    home = tmp_path / "airflow_standalone"
-    home.mkdir()
+    base: str
+    token: str
+    home: Path
+    log_path: Path
+
+    def api(self, path: str, body: Any = None, method: str | None = None) -> Any:
+        return _api(self.base, path, self.token, body, method)
+
+    def trigger(self, run_id: str) -> None:
+        self.api(
+            f"/api/v2/dags/{DAG_ID}/dagRuns", body={"dag_run_id": run_id, "logical_date": None}
+        )
+
+    def dag_run_state(self, run_id: str) -> str:
+        state = self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        assert state != "failed", self.log_path.read_text(errors="replace")[-5000:]
+        return state
+
+    def finished(self, run_id: str) -> str | None:
+        state = self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        return state if state in ("success", "failed") else None
+
+    def task_instance(self, run_id: str) -> dict[str, Any]:
+        return self.api(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{TASK_ID}")
+
+    def task_log(self, run_id: str, attempt: int | None = None) -> str:
+        """The task's log files (`attempt=N.log`, one per try) as Airflow wrote them."""
+        folder = self.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={TASK_ID}"
+        pattern = f"attempt={attempt}.log" if attempt else "attempt=*.log"
+        return "".join(p.read_text(errors="replace") for p in sorted(folder.glob(pattern)))
+
+    def set_paused(self, paused: bool) -> None:
+        self.api(f"/api/v2/dags/{DAG_ID}", body={"is_paused": paused}, method="PATCH")
+
+
+@pytest.fixture(scope="module")
+def standalone(
+    airflow_venv: Path, deployment: DagsterDeployment, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Standalone]:
+    """`airflow standalone` as compose runs it, for the tests that trigger the DAG like a person
+    or CI would (over the REST API) and clear or kill its task."""
+    home = tmp_path_factory.mktemp("airflow_standalone")
     api_port = free_port()
     base = f"http://127.0.0.1:{api_port}"
     env = airflow_env(airflow_venv, home, _compose_airflow_env(deployment, api_port))
     command = service("airflow")["command"]
     assert command == ["airflow", "standalone"]
-    log = open(tmp_path / "standalone.log", "ab")  # noqa: SIM115 - closed below
+    log_path = home / "standalone.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [str(airflow_venv / "bin" / command[0]), *command[1:]],
         env=env,
@@ -342,8 +382,6 @@ def test_compose_airflow_service_adopts_a_run_instead_of_launching_twice(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    airflow_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
-    deployment.stop_daemon()  # the existing run stays QUEUED until the task has adopted it
     try:
         health = wait_until(
             lambda: _try(lambda: _api(base, "/api/v2/monitor/health")), "Airflow's API", 300
@@ -355,103 +393,164 @@ def test_compose_airflow_service_adopts_a_run_instead_of_launching_twice(
         token = _api(base, "/auth/token", body={"username": "admin", "password": password})[
             "access_token"
         ]
-
-        existing = deployment.launch_run(
-            tags={
-                "stock_assets/trigger": "airflow",
-                "airflow/dag_id": DAG_ID,
-                "airflow/run_id": airflow_run_id,
-            }
-        )
         # The DAG shows up once the dag-processor has parsed the folder.
         wait_until(
             lambda: _try(lambda: _api(base, f"/api/v2/dags/{DAG_ID}", token)), "the DAG", 300
         )
-        _api(
-            base,
-            f"/api/v2/dags/{DAG_ID}/dagRuns",
-            token,
-            body={"dag_run_id": airflow_run_id, "logical_date": None},
-        )
-        task_log = (
-            home / "logs" / f"dag_id={DAG_ID}" / f"run_id={airflow_run_id}" / f"task_id={TASK_ID}"
-        )
-
-        def adopted() -> bool:
-            run = _api(base, f"/api/v2/dags/{DAG_ID}/dagRuns/{airflow_run_id}", token)
-            assert run["state"] != "failed", (tmp_path / "standalone.log").read_text()[-5000:]
-            return any(
-                "from an earlier try is still going" in p.read_text(errors="replace")
-                for p in task_log.glob("attempt=*.log")
-            )
-
-        wait_until(adopted, "the task to find the existing Dagster run", 300)
-        deployment.start_daemon()
-
-        def finished(dag_run_id: str = airflow_run_id) -> str | None:
-            run = _api(base, f"/api/v2/dags/{DAG_ID}/dagRuns/{dag_run_id}", token)
-            return run["state"] if run["state"] in ("success", "failed") else None
-
-        assert wait_until(finished, "the Airflow run to finish", 400) == "success"
-
-        # The Dagster run of an Airflow run already ended (its try died after the launch reached
-        # Dagster): the task takes its result instead of launching the pipeline again.
-        retried_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
-        identity = {
-            "stock_assets/trigger": "airflow",
-            "airflow/dag_id": DAG_ID,
-            "airflow/run_id": retried_run_id,
-        }
-        ended = deployment.launch_run(tags=identity)
-        wait_until(
-            lambda: run_status(deployment, ended) == "SUCCESS", "the earlier Dagster run", 300
-        )
-        _api(
-            base,
-            f"/api/v2/dags/{DAG_ID}/dagRuns",
-            token,
-            body={"dag_run_id": retried_run_id, "logical_date": None},
-        )
-        state = wait_until(lambda: finished(retried_run_id), "the second Airflow run", 400)
-        assert state == "success"
-        task_log = (
-            home / "logs" / f"dag_id={DAG_ID}" / f"run_id={retried_run_id}" / f"task_id={TASK_ID}"
-        )
-        logs = "".join(p.read_text(errors="replace") for p in task_log.glob("attempt=*.log"))
-        assert f"Dagster run {ended} from an earlier try already ended SUCCESS" in logs
-        tagged = deployment.instance().get_run_records(RunsFilter(tags=identity))
-        assert [r.dagster_run.run_id for r in tagged] == [ended]  # no second run
-
-        # One that failed is not taken (a Clear after the cause was fixed keeps the Airflow
-        # run id): the task launches a new run, which succeeds now.
-        cleared_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
-        identity = {**identity, "airflow/run_id": cleared_run_id}
-        s3 = boto3.client("s3")
-        kept_filter = s3.get_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY)["Body"].read()
-        s3.delete_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY)
-        failed = deployment.launch_run(tags=identity)
-        wait_until(lambda: run_status(deployment, failed) == "FAILURE", "the failed run", 300)
-        s3.put_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY, Body=kept_filter)
-        _api(
-            base,
-            f"/api/v2/dags/{DAG_ID}/dagRuns",
-            token,
-            body={"dag_run_id": cleared_run_id, "logical_date": None},
-        )
-        assert wait_until(lambda: finished(cleared_run_id), "the third Airflow run", 400) == (
-            "success"
-        )
-        tagged = deployment.instance().get_run_records(RunsFilter(tags=identity))
-        assert [r.dagster_run.status.value for r in tagged] == ["SUCCESS", "FAILURE"]
+        yield Standalone(base=base, token=token, home=home, log_path=log_path)
     finally:
-        if "daemon" not in deployment.processes:
-            deployment.start_daemon()
         _stop_group(process)
         log.close()
 
-    runs = deployment.instance().get_runs(RunsFilter(tags={"airflow/run_id": airflow_run_id}))
-    assert [run.run_id for run in runs] == [existing]
+
+@pytest.fixture
+def daemon_back(deployment: DagsterDeployment) -> Iterator[None]:
+    """Tests stop the Dagster daemon to keep a run QUEUED; it runs again after each."""
+    yield
+    if "daemon" not in deployment.processes:
+        deployment.start_daemon()
+
+
+def airflow_runs(deployment: DagsterDeployment, airflow_run_id: str) -> list[Any]:
+    """The Dagster runs one Airflow run launched (or a test made for it), newest first."""
+    identity = {
+        "stock_assets/trigger": "airflow",
+        "airflow/dag_id": DAG_ID,
+        "airflow/run_id": airflow_run_id,
+    }
+    return deployment.instance().get_runs(RunsFilter(tags=identity))
+
+
+def test_compose_airflow_service_adopts_a_run_instead_of_launching_twice(
+    standalone: Standalone, deployment: DagsterDeployment, ready_stack, db, daemon_back
+) -> None:
+    """The Dagster run for this Airflow run already exists and is still going (as after a worker
+    crash and retry, or a Clear while it runs): the task must wait for it rather than start a
+    second pipeline run."""
+    airflow_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
+    identity = {
+        "stock_assets/trigger": "airflow",
+        "airflow/dag_id": DAG_ID,
+        "airflow/run_id": airflow_run_id,
+    }
+    deployment.stop_daemon()  # the existing run stays QUEUED until the task has adopted it
+    existing = deployment.launch_run(tags=identity)
+    standalone.trigger(airflow_run_id)
+
+    def adopted() -> bool:
+        standalone.dag_run_state(airflow_run_id)  # fails the wait if the Airflow run failed
+        return "from an earlier try is still going" in standalone.task_log(airflow_run_id)
+
+    wait_until(adopted, "the task to find the existing Dagster run", 300)
+    deployment.start_daemon()
+    assert wait_until(lambda: standalone.finished(airflow_run_id), "the Airflow run", 400) == (
+        "success"
+    )
+    assert [run.run_id for run in airflow_runs(deployment, airflow_run_id)] == [existing]
     assert run_status(deployment, existing) == "SUCCESS"
     with db.cursor() as cur:
         cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(TABLE_NAME)))
         assert cur.fetchone()[0] > 0
+
+    # One that failed is not taken (a Clear after the cause was fixed keeps the Airflow run
+    # id): the task launches a new run, which succeeds now.
+    cleared_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
+    identity = {**identity, "airflow/run_id": cleared_run_id}
+    s3 = boto3.client("s3")
+    kept_filter = s3.get_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY)["Body"].read()
+    s3.delete_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY)
+    failed = deployment.launch_run(tags=identity)
+    wait_until(lambda: run_status(deployment, failed) == "FAILURE", "the failed run", 300)
+    s3.put_object(Bucket=NAMING.source_bucket, Key=FILTER_KEY, Body=kept_filter)
+    standalone.trigger(cleared_run_id)
+    assert wait_until(
+        lambda: standalone.finished(cleared_run_id), "the second Airflow run", 400
+    ) == ("success")
+    tagged = airflow_runs(deployment, cleared_run_id)
+    assert [run.status.value for run in tagged] == ["SUCCESS", "FAILURE"]
+
+
+def test_compose_airflow_service_clear_after_a_success_runs_the_pipeline_again(
+    standalone: Standalone, deployment: DagsterDeployment, ready_stack
+) -> None:
+    """Clear on a task whose Dagster run succeeded means "run it again". The Airflow run id stays
+    the same, so the task finds that success; it must launch a new Dagster run, not take it."""
+    airflow_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
+    standalone.trigger(airflow_run_id)
+    assert wait_until(lambda: standalone.finished(airflow_run_id), "the Airflow run", 400) == (
+        "success"
+    )
+    [first] = airflow_runs(deployment, airflow_run_id)
+    assert first.status.value == "SUCCESS"
+
+    # A real Clear, as the UI's Clear button sends it (also for a task that succeeded).
+    standalone.api(
+        f"/api/v2/dags/{DAG_ID}/clearTaskInstances",
+        body={
+            "dry_run": False,
+            "dag_run_id": airflow_run_id,
+            "task_ids": [TASK_ID],
+            "only_failed": False,
+        },
+    )
+
+    def cleared_try_ended() -> dict[str, Any] | None:
+        standalone.dag_run_state(airflow_run_id)
+        ti = standalone.task_instance(airflow_run_id)
+        return ti if ti["try_number"] == 2 and ti["state"] in ("success", "failed") else None
+
+    ti = wait_until(cleared_try_ended, "the try after the Clear", 400)
+    assert ti["state"] == "success"
+    # What the DAG tells a Clear by: it raised max_tries to try_number + retries (1).
+    assert ti["max_tries"] == 2
+    assert wait_until(lambda: standalone.finished(airflow_run_id), "the Airflow run", 60) == (
+        "success"
+    )
+    second_try = standalone.task_log(airflow_run_id, attempt=2)
+    assert f"Dagster run {first.run_id} from an earlier try ended SUCCESS; launching" in second_try
+    newest, earlier = airflow_runs(deployment, airflow_run_id)
+    assert earlier.run_id == first.run_id
+    assert newest.status.value == "SUCCESS"
+    assert newest.tags["airflow/try_number"] == "2"
+    assert f"Dagster run {newest.run_id} launched" in second_try
+
+
+def test_compose_airflow_service_retry_takes_the_dagster_success(
+    standalone: Standalone, deployment: DagsterDeployment, ready_stack, daemon_back
+) -> None:
+    """An automatic retry: the try that launched the Dagster run dies after the run reached
+    Dagster (its process killed, as in a worker crash). The retry finds the run ended SUCCESS and
+    takes its result instead of running the pipeline again."""
+    airflow_run_id = f"compose-test-{uuid.uuid4().hex[:8]}"
+    deployment.stop_daemon()  # the launched run stays QUEUED while the first try waits for it
+    standalone.trigger(airflow_run_id)
+
+    def first_try_launched() -> re.Match[str] | None:
+        standalone.dag_run_state(airflow_run_id)
+        return LAUNCHED.search(standalone.task_log(airflow_run_id, attempt=1))
+
+    dagster_run_id = wait_until(first_try_launched, "the first try's launch", 300).group(1)
+    ti = standalone.task_instance(airflow_run_id)
+    assert (ti["state"], ti["try_number"], ti["max_tries"]) == ("running", 1, 1)
+    # Paused, the scheduler starts no retry until the Dagster run has ended (retry_delay is
+    # 1 min; the run could still be going then, and that is the other test's case).
+    standalone.set_paused(True)
+    try:
+        os.kill(ti["pid"], signal.SIGKILL)  # the task process, not its supervisor
+        wait_until(
+            lambda: standalone.task_instance(airflow_run_id)["state"] == "up_for_retry",
+            "the killed try to be up for retry",
+            120,
+        )
+        deployment.start_daemon()
+        wait_until(
+            lambda: run_status(deployment, dagster_run_id) == "SUCCESS", "the Dagster run", 300
+        )
+    finally:
+        standalone.set_paused(False)
+    assert wait_until(lambda: standalone.finished(airflow_run_id), "the retry", 400) == "success"
+    ti = standalone.task_instance(airflow_run_id)
+    assert (ti["try_number"], ti["max_tries"]) == (2, 1)
+    retry_log = standalone.task_log(airflow_run_id, attempt=2)
+    assert f"Dagster run {dagster_run_id} from an earlier try already ended SUCCESS" in retry_log
+    assert [run.run_id for run in airflow_runs(deployment, airflow_run_id)] == [dagster_run_id]

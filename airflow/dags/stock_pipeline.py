@@ -352,11 +352,13 @@ class DagsterClient:
 def stock_pipeline() -> None:
     @task(
         task_id="run_stock_pipeline_job",
-        # Retries cover a launch that never reached Dagster; a retry first adopts the run this
-        # Airflow run already started if it is still going or succeeded (the try that launched
-        # it may have died after it reached Dagster), so the pipeline never runs twice at once.
-        # A Dagster run that failed ends the task without retries (AirflowFailException); a
-        # Clear then launches a new run.
+        # Retries cover a launch that never reached Dagster. Every try first looks for the
+        # Dagster run this Airflow run already started: one still going is waited for, so the
+        # pipeline never runs twice at once. An automatic retry (the try that launched it may
+        # have died after it reached Dagster) also takes one that succeeded, rather than redo
+        # it. A Clear means "run it again": it launches a new run after a success too. A Dagster
+        # run that failed ends the task without retries (AirflowFailException); any later try
+        # launches a new run.
         retries=1,
         retry_delay=timedelta(minutes=1),
         execution_timeout=timedelta(hours=3),
@@ -371,7 +373,13 @@ def stock_pipeline() -> None:
             "airflow/dag_id": dag_run.dag_id,
             "airflow/run_id": dag_run.run_id,
         }
-        tags = {**identity, "airflow/try_number": str(context["ti"].try_number)}
+        ti = context["ti"]
+        tags = {**identity, "airflow/try_number": str(ti.try_number)}
+        # An automatic retry, or the first try of this Airflow run or after a Clear? A Clear sets
+        # max_tries = try_number + retries (Airflow 3's clear_task_instances) and the next try
+        # adds 1 to try_number, so that try, like a DAG run's first, has try_number ==
+        # max_tries - retries + 1 (the task SDK computes the same first try for reschedules).
+        retrying = ti.try_number > ti.max_tries - (ti.task.retries or 0) + 1
 
         earlier = client.earlier_run(identity)
         if earlier is not None and earlier[1] not in TERMINAL_STATUSES:
@@ -380,20 +388,22 @@ def stock_pipeline() -> None:
                 "Dagster run %s from an earlier try is still going, waiting for it: %s",
                 run_id, settings.run_url(run_id),
             )  # fmt: skip
-        elif earlier is not None and earlier[1] == "SUCCESS":
+        elif earlier is not None and earlier[1] == "SUCCESS" and retrying:
             run_id = earlier[0]
             log.info(
                 "Dagster run %s from an earlier try already ended SUCCESS; taking its result "
-                "instead of launching another (a new DAG run runs the pipeline again): %s",
+                "instead of launching another (a Clear runs the pipeline again): %s",
                 run_id, settings.run_url(run_id),
             )  # fmt: skip
         else:
             # None yet, or the earlier one failed or was canceled: a retry, or a Clear after the
             # cause was fixed, is meant to try the pipeline again, not to repeat its failure.
+            # Or it succeeded and this try follows a Clear: someone asked for another run.
             if earlier is not None:
                 log.info(
-                    "Dagster run %s from an earlier try ended %s; launching a new one",
-                    earlier[0], earlier[1],
+                    "Dagster run %s from an earlier try ended %s; launching a new one (try %s, %s)",
+                    earlier[0], earlier[1], ti.try_number,
+                    "a retry" if retrying else "first since the DAG run started or was cleared",
                 )  # fmt: skip
             run_id = client.launch_run(tags)
             log.info("Dagster run %s launched: %s", run_id, settings.run_url(run_id))
