@@ -4,10 +4,13 @@ Each instance file is loaded the way Dagster loads it (`instance_for_test` with 
 `run_launcher`, and the whole file against the instance schema), so a wrong key or type fails
 here, not on a cluster. The ECS task definitions are registered through boto3 against moto's ECS
 (botocore validates them against the ECS API's own shapes), and EcsRunLauncher then starts with
-the instance file's config, finding its `run` container in the registered definition. The Helm
-values are checked against the keys of Dagster's chart schema and their `k8sRunLauncher` section
-is rendered as the chart's instance template renders it, then loaded as K8sRunLauncher. The
-container stage (test_compose_stack.py) runs DockerRunLauncher for real.
+the instance file's config, finding its `run` container in the registered definition; it then
+launches, terminates and health-checks a run against moto, and the service task's role policy
+(dagster-task-role-policy.json) must allow every AWS call it makes, grant nothing else, and
+leave on "*" only what AWS cannot scope. The Helm values are checked against the keys of
+Dagster's chart schema and their `k8sRunLauncher` section is rendered as the chart's instance
+template renders it, then loaded as K8sRunLauncher. The container stage (test_compose_stack.py)
+runs DockerRunLauncher for real.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +222,268 @@ def test_ecs_instance_loads_ecs_run_launcher(ecs, tmp_path: Path, monkeypatch) -
         assert env["STOCK_ASSETS_RUN_TASK_DEFINITION"] == "stock-assets-run"
     dockerfile = (DOCKER_DIR / "Dockerfile").read_text()
     assert "COPY deploy/ecs/dagster.yaml /opt/dagster/ecs/dagster.yaml" in dockerfile
+
+
+# The service task's role, deploy/ecs/dagster-task-role-policy.json, against the calls
+# EcsRunLauncher (dagster-aws) makes with deploy/ecs/dagster.yaml. How IAM authorizes each call
+# (action, resource ARN, request context) follows AWS's Service Authorization Reference for
+# Amazon ECS, Amazon EC2 and CloudWatch Logs, and the ECS guide "Grant permission to tag
+# resources on creation" (RunTask with tags also needs ecs:TagResource on the new task).
+# _allowed() is a small model of IAM's Allow evaluation: enough for this policy, not IAM itself.
+ECS_CLUSTER = "stock-assets"
+REGION = "eu-west-1"
+TASK_ROLE_POLICY = ECS_DIR / "dagster-task-role-policy.json"
+# Actions the reference lists with no resource type: a policy can only grant them on "*".
+UNSCOPED_BY_AWS = {"ecs:DescribeTaskDefinition", "ec2:DescribeNetworkInterfaces"}
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _glob(pattern: str, value: str) -> bool:
+    """IAM's wildcards: * any run of characters (also across '/' and ':'), ? one character."""
+    regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+    return re.fullmatch(regex, value) is not None
+
+
+def _condition_holds(operator: str, key: str, expected, context: dict[str, str]) -> bool:
+    if key not in context:  # no ...IfExists operators in the policy: a missing key fails
+        return False
+    value = context[key]
+    if operator in ("StringEquals", "ArnEquals"):
+        return value in _as_list(expected)
+    if operator in ("StringLike", "ArnLike"):
+        return any(_glob(p, value) for p in _as_list(expected))
+    raise AssertionError(f"the test's IAM model does not know the operator {operator}")
+
+
+def _allowed(policy: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> bool:
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        if not any(_glob(a.lower(), action.lower()) for a in _as_list(statement["Action"])):
+            continue
+        if not any(_glob(r, resource) for r in _as_list(statement["Resource"])):
+            continue
+        conditions = statement.get("Condition", {})
+        if all(
+            _condition_holds(operator, key, expected, context)
+            for operator, pairs in conditions.items()
+            for key, expected in pairs.items()
+        ):
+            return True
+    return False
+
+
+def _task_role_policy() -> dict[str, Any]:
+    return json.loads(TASK_ROLE_POLICY.read_text().replace("ACCOUNT_ID", ACCOUNT_ID))
+
+
+def _cluster_arn(cluster: str) -> str:
+    if cluster.startswith("arn:"):
+        return cluster
+    return f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:cluster/{cluster}"
+
+
+def _authorizations(call: dict[str, Any]) -> list[tuple[str, str, dict[str, str]]]:
+    """(IAM action, resource ARN, condition context) that IAM checks for one API call."""
+    service, operation, params = call["service"], call["operation"], call["params"]
+    context = {"aws:RequestedRegion": call["region"]}
+    if (service, operation) == ("ecs", "DescribeTaskDefinition"):
+        return [("ecs:DescribeTaskDefinition", "*", context)]
+    if (service, operation) == ("ec2", "DescribeNetworkInterfaces"):
+        return [("ec2:DescribeNetworkInterfaces", "*", context)]
+    if (service, operation) == ("logs", "GetLogEvents"):
+        group, stream = params["logGroupName"], params["logStreamName"]
+        arn = f"arn:aws:logs:{REGION}:{ACCOUNT_ID}:log-group:{group}:log-stream:{stream}"
+        return [("logs:GetLogEvents", arn, context)]
+    if service == "ecs" and operation in ("DescribeTasks", "StopTask"):
+        cluster = _cluster_arn(params["cluster"])
+        context = {**context, "ecs:cluster": cluster}
+        tasks = params["tasks"] if operation == "DescribeTasks" else [params["task"]]
+        # The launcher passes task ARNs (long format: task/<cluster>/<id>).
+        assert all(t.startswith(f"arn:aws:ecs:{REGION}:") for t in tasks), tasks
+        return [(f"ecs:{operation}", task, context) for task in tasks]
+    if (service, operation) == ("ecs", "RunTask"):
+        cluster = _cluster_arn(params["cluster"])
+        definition = params["taskDefinition"]
+        assert definition.startswith("arn:"), definition  # the launcher resolved it at start
+        checks = [("ecs:RunTask", definition, {**context, "ecs:cluster": cluster})]
+        if params.get("tags"):
+            task = call["response"]["tasks"][0]["taskArn"]
+            checks.append(("ecs:TagResource", task, {**context, "ecs:CreateAction": "RunTask"}))
+        run_definition = _task_definition("run-task-definition.json")
+        for role in (run_definition["taskRoleArn"], run_definition["executionRoleArn"]):
+            passed = {**context, "iam:PassedToService": "ecs-tasks.amazonaws.com"}
+            checks.append(("iam:PassRole", role, passed))
+        return checks
+    raise AssertionError(
+        f"EcsRunLauncher now calls {service}:{operation}: add how IAM authorizes it (AWS's "
+        "Service Authorization Reference) here and, scoped, to dagster-task-role-policy.json"
+    )
+
+
+def test_ecs_task_role_policy_scopes_what_aws_can_scope() -> None:
+    policy = _task_role_policy()
+    for statement in policy["Statement"]:
+        assert re.fullmatch(r"[A-Za-z0-9]+", statement["Sid"])  # IAM's Sid alphabet
+        actions = _as_list(statement["Action"])
+        assert not any("*" in action for action in actions), statement["Sid"]
+        if "*" in _as_list(statement["Resource"]):
+            # Only what has no resource-level permissions, and then pinned to the region.
+            assert set(actions) <= UNSCOPED_BY_AWS, statement["Sid"]
+            assert statement["Condition"] == {"StringEquals": {"aws:RequestedRegion": REGION}}
+    region = {"aws:RequestedRegion": REGION}
+    cluster = _cluster_arn(ECS_CLUSTER)
+    other_cluster = _cluster_arn("someone-elses")
+    run_def = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task-definition/stock-assets-run:7"
+    service_def = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task-definition/stock-assets-dagster:1"
+    task = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task/{ECS_CLUSTER}/0123456789abcdef"
+    other_task = f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task/someone-elses/0123456789abcdef"
+    # RunTask: the run family (any revision), in the project's cluster only.
+    assert _allowed(policy, "ecs:RunTask", run_def, {**region, "ecs:cluster": cluster})
+    assert not _allowed(policy, "ecs:RunTask", service_def, {**region, "ecs:cluster": cluster})
+    assert not _allowed(policy, "ecs:RunTask", run_def, {**region, "ecs:cluster": other_cluster})
+    assert not _allowed(policy, "ecs:RunTask", run_def, region)
+    # Describe and stop tasks of the project's cluster only.
+    for action in ("ecs:DescribeTasks", "ecs:StopTask"):
+        assert _allowed(policy, action, task, {**region, "ecs:cluster": cluster})
+        assert not _allowed(policy, action, other_task, {**region, "ecs:cluster": other_cluster})
+    # Tags only as RunTask creates a task there, never on an existing task or another cluster.
+    as_created = {**region, "ecs:CreateAction": "RunTask"}
+    assert _allowed(policy, "ecs:TagResource", task, as_created)
+    assert not _allowed(policy, "ecs:TagResource", task, region)
+    assert not _allowed(policy, "ecs:TagResource", other_task, as_created)
+    assert not _allowed(policy, "ecs:TagResource", run_def, as_created)
+    # The two unscoped reads, in the region only.
+    assert _allowed(policy, "ecs:DescribeTaskDefinition", "*", region)
+    elsewhere = {"aws:RequestedRegion": "us-east-1"}
+    assert not _allowed(policy, "ecs:DescribeTaskDefinition", "*", elsewhere)
+    assert not _allowed(policy, "ec2:DescribeNetworkInterfaces", "*", elsewhere)
+
+
+def test_ecs_task_role_allows_every_call_ecs_run_launcher_makes(ecs, monkeypatch) -> None:
+    """Launch, terminate and health-check a run with the real EcsRunLauncher against moto,
+    recording every AWS call it makes; the policy must allow each of them, and grant nothing
+    (apart from the compute-log bucket) that the launcher does not use."""
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.launcher import LaunchRunContext, WorkerStatus
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+    from dagster._core.test_utils import create_run_for_test
+    from dagster_aws.ecs import launcher as ecs_launcher_module
+    from dagster_aws.ecs.tasks import CurrentEcsTaskMetadata
+    from moto.ecs.models import EC2ContainerServiceBackend, ecs_backends
+
+    # moto sums container-level memory even for Fargate, where only the task sets it (as ours do).
+    monkeypatch.setattr(
+        EC2ContainerServiceBackend,
+        "_calculate_task_resource_requirements",
+        staticmethod(lambda definition: {"CPU": 0, "MEMORY": 0, "PORTS": [], "PORTS_UDP": []}),
+    )
+    # What `aws ecs create-service --cluster stock-assets` leaves: the cluster, both task
+    # definitions, the service task (the daemon's own task) on a subnet with a security group.
+    ec2 = boto3.client("ec2", region_name=REGION)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # moto's ENIs need it
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName="dagster", Description="d", VpcId=vpc)["GroupId"]
+    cluster = ecs.create_cluster(clusterName=ECS_CLUSTER)["cluster"]["clusterArn"]
+    ecs.register_task_definition(**_task_definition("run-task-definition.json"))
+    ecs.register_task_definition(**_task_definition("dagster-task-definition.json"))
+    network = {"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group]}}
+    service_task = ecs.run_task(
+        cluster=ECS_CLUSTER, taskDefinition="stock-assets-dagster", launchType="FARGATE",
+        networkConfiguration=network,
+    )["tasks"][0]["taskArn"]  # fmt: skip
+    # The launcher reads its own task from the ECS task metadata endpoint (not an AWS API).
+    monkeypatch.setattr(
+        ecs_launcher_module,
+        "get_current_ecs_task_metadata",
+        lambda: CurrentEcsTaskMetadata(cluster=cluster, task_arn=service_task),
+    )
+    logs = boto3.client("logs", region_name=REGION)
+    logs.create_log_group(logGroupName="/ecs/stock-assets")
+
+    # Every call of the boto3 clients the launcher creates (default session) is recorded.
+    calls: list[dict[str, Any]] = []
+
+    def before_call(params, model, **kwargs):
+        service = model.service_model.endpoint_prefix
+        calls.append({"service": service, "operation": model.name, "params": dict(params)})
+
+    def before_sign(region_name, **kwargs):
+        calls[-1]["region"] = region_name
+
+    def after_call(parsed, **kwargs):
+        calls[-1]["response"] = parsed
+
+    session = boto3.Session(region_name=REGION)
+    session.events.register("before-parameter-build", before_call)
+    session.events.register("before-sign", before_sign)
+    session.events.register("after-call", after_call)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
+    monkeypatch.setenv("STOCK_ASSETS_RUN_TASK_DEFINITION", "stock-assets-run")
+
+    section = _yaml(ECS_DIR / "dagster.yaml")["run_launcher"]
+    with instance_for_test(overrides={"run_launcher": section}) as instance:
+        launcher = instance.run_launcher
+        origin = JobPythonOrigin(
+            "stock_assets_job",
+            RepositoryPythonOrigin(
+                executable_path="/usr/local/bin/python",
+                code_pointer=ModuleCodePointer("stock_assets.definitions", "defs"),
+                container_image=None,
+                entry_point=None,
+                container_context=None,
+            ),
+        )
+        run = create_run_for_test(instance, job_name="stock_assets_job", job_code_origin=origin)
+        launcher.launch_run(LaunchRunContext(dagster_run=run, workspace=None))
+        run = instance.get_run_by_id(run.run_id)
+        run_task = run.tags["ecs/task_arn"]
+        assert run_task.startswith(f"arn:aws:ecs:{REGION}:{ACCOUNT_ID}:task/{ECS_CLUSTER}/")
+        # The UI's Terminate (webserver) describes and stops the run's task.
+        assert launcher.terminate(run.run_id)
+        # Run monitoring (daemon) finds the task stopped with a failed container and reads the
+        # end of its log stream (awslogs: <prefix>/<container>/<task id>).
+        task_id = run_task.rsplit("/", 1)[1]
+        ecs_backends[ACCOUNT_ID][REGION].tasks[ECS_CLUSTER][run_task].containers[0].exitCode = 1
+        logs.create_log_stream(logGroupName="/ecs/stock-assets", logStreamName=f"run/run/{task_id}")
+        logs.put_log_events(
+            logGroupName="/ecs/stock-assets", logStreamName=f"run/run/{task_id}",
+            logEvents=[{"timestamp": int(time.time() * 1000), "message": "the run's last words"}],
+        )  # fmt: skip
+        health = launcher.check_run_worker_health(instance.get_run_by_id(run.run_id))
+        assert health.status == WorkerStatus.FAILED
+        assert "the run's last words" in (health.msg or "")
+
+    operations = {(c["service"], c["operation"]) for c in calls}
+    # With a named task definition the launcher registers nothing; no secrets listing by tag.
+    assert operations == {
+        ("ecs", "DescribeTaskDefinition"),
+        ("ecs", "DescribeTasks"),
+        ("ec2", "DescribeNetworkInterfaces"),
+        ("ecs", "RunTask"),
+        ("ecs", "StopTask"),
+        ("logs", "GetLogEvents"),
+    }, operations
+    [launch] = [c for c in calls if c["operation"] == "RunTask"]
+    assert {"key": "project", "value": "stock-assets"} in launch["params"]["tags"]
+
+    policy = _task_role_policy()
+    checked = set()
+    for call in calls:
+        for action, resource, context in _authorizations(call):
+            assert _allowed(policy, action, resource, context), (action, resource, context)
+            checked.add(action)
+    # Nothing granted beyond what the launcher uses (the compute-log bucket aside: S3).
+    granted = {
+        action
+        for statement in policy["Statement"]
+        for action in _as_list(statement["Action"])
+        if not action.startswith("s3:")
+    }
+    assert granted == checked, granted ^ checked
 
 
 # ------------------------------------------------------------------------------------------
