@@ -153,7 +153,10 @@ def test_the_pipeline_role_policy_allows_every_call_the_pipeline_makes(
     assert run_job().success
     assert materialise_parquet(DagsterInstance.ephemeral()).success
     assert run_sharded(2, processes=False)[0]
-    context = build_sensor_context(resources={"s3": S3Resource(), "settings": PipelineSettings()})
+    context = build_sensor_context(
+        resources={"s3": S3Resource(), "settings": PipelineSettings()},
+        instance=DagsterInstance.ephemeral(),  # the daemon's: the sensor reads the run queue
+    )
     assert success_marker_sensor(context).run_requests
     SNSResource(topic=naming.sns_topic).publish("Dora_Explorer_Pipeline_Success", "body")
     operations = {op for _, op, _ in aws_calls}
