@@ -287,12 +287,16 @@ def test_docker_compose_config(profiles: str, tmp_path: Path) -> None:
     env = ENV_EXAMPLE.read_text().replace("POSTGRES_PASSWORD=\n", "POSTGRES_PASSWORD=0123abcd\n")
     env = re.sub(r"(?m)^COMPOSE_PROFILES=.*$", f"COMPOSE_PROFILES={profiles}", env)
     (project / ".env").write_text(env)
+    # Only the env file: compose lets the process environment override it, and earlier tests
+    # leave variables the file interpolates there (DAGSTER_POSTGRES_URL).
+    clean = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
     result = subprocess.run(
         [*cli, "-f", str(project / "docker-compose.yaml"), "config", "--format", "json"],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=project,
+        env=clean,
     )
     assert result.returncode == 0, result.stderr
     import json
