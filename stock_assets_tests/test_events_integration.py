@@ -477,10 +477,12 @@ def test_the_tag_budget_fits_the_instance_run_storage(deployment, first_run):
 
 
 def run_in_a_process(deployment: DagsterDeployment, command: list[str]) -> str:
-    """Run `command` against the deployment's instance; the id of the run it made."""
-    before = {r.dagster_run.run_id for r in instance(deployment).get_run_records(limit=50)}
+    """Run `command` against the deployment's instance; the id of the stock_pipeline_job run it
+    made (the daemon may start others meanwhile: the Parquet copy's automation)."""
+    job = RunsFilter(job_name="stock_pipeline_job")
+    before = {r.dagster_run.run_id for r in instance(deployment).get_run_records(job, limit=50)}
     subprocess.run(command, env=deployment.env, check=True, capture_output=True, timeout=600)
-    runs = instance(deployment).get_run_records(limit=50)
+    runs = instance(deployment).get_run_records(job, limit=50)
     [run] = [r for r in runs if r.dagster_run.run_id not in before]
     return run.dagster_run.run_id
 
