@@ -17,7 +17,9 @@ demo: $(STAMP)  ## run the whole pipeline once on the local stack (real data)
 test: $(STAMP)  ## lint + the whole test suite against the real local stack
 	$(VENV)/bin/ruff check stock_assets stock_assets_tests benchmarks airflow
 	$(VENV)/bin/ruff format --check stock_assets stock_assets_tests benchmarks airflow
-	$(VENV)/bin/pytest
+	# Two workers, one test file each at a time (module-scoped deployments stay whole): most
+	# of the suite waits on servers, daemons and sensors, so two overlap well even on 2 cores.
+	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 dev: $(STAMP)  ## local stack + Dagster UI and daemon on http://127.0.0.1:3000
 	$(VENV)/bin/stock-assets dev

@@ -87,7 +87,7 @@ query($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
     ... on Sensor { sensorState { status ticks(limit: 200) {
-      status timestamp runIds error { message }
+      status timestamp runIds error { message errorChain { error { message } } }
     } } }
   }
 }
@@ -269,7 +269,12 @@ class DagsterDeployment:
         }
         result = self.graphql(TICKS, {"selector": selector})["sensorOrError"]
         assert result["__typename"] == "Sensor", result
-        return result["sensorState"]["ticks"]
+        ticks = result["sensorState"]["ticks"]
+        for tick in ticks:  # the error's message with its causes' (Dagster wraps user errors)
+            if error := tick.get("error"):
+                chain = [link["error"]["message"] for link in error.pop("errorChain") or []]
+                error["message"] = "\n".join([error["message"], *chain])
+        return ticks
 
     def wait_for_ticks(self, sensor: str, after: float, count: int = 1) -> None:
         """Wait until `sensor` has completed `count` ticks that started after `after` (epoch s)."""

@@ -288,14 +288,18 @@ def test_sns_outage_leaves_the_run_successful_and_the_lost_email_visible(deploym
     ]
     assert "failed after 3 attempt(s)" in lost and "ServiceUnavailable" in lost
     # ... and on the sensor, whose tick failed with the error (the daemon itself did not).
-    wait_until(
-        lambda: [
-            t for t in ticks(deployment, "sns_on_pipeline_success")
-            if t["status"] == "FAILURE"
-            and "failed after 3 attempt(s)" in (t["error"] or {}).get("message", "")
-        ],
-        "the failed tick of sns_on_pipeline_success",
-    )  # fmt: skip
+    try:
+        wait_until(
+            lambda: [
+                t for t in ticks(deployment, "sns_on_pipeline_success")
+                if t["status"] == "FAILURE"
+                and "failed after 3 attempt(s)" in (t["error"] or {}).get("message", "")
+            ],
+            "the failed tick of sns_on_pipeline_success",
+        )  # fmt: skip
+    except TimeoutError as err:  # say what the ticks were instead
+        latest = ticks(deployment, "sns_on_pipeline_success")[:8]
+        raise AssertionError(f"{err}; latest ticks: {latest}") from err
     # No email went out during the outage: the one the run gets is sent late, once SNS answers
     # (test_the_lost_email_is_sent_late_once_sns_answers counts exactly one).
     assert daemon_alive(deployment)
@@ -348,9 +352,18 @@ def storm(deployment: DagsterDeployment) -> dict[str, Any]:
     )
     runs = storm_runs()
     # The ticks that started them (found by run id: a tick already under way when the burst
-    # began may have listed part of it), read now, while they are among the latest.
+    # began may have listed part of it), read now, while they are among the latest. A tick
+    # records its runs once it ends, which can be just after its last run exists.
     ids = {r.run_id for r in runs}
-    storm_ticks = [t for t in ticks(deployment, "success_marker_sensor") if ids & set(t["runIds"])]
+
+    def ticks_with_these_runs() -> list[dict[str, Any]]:
+        return [t for t in ticks(deployment, "success_marker_sensor") if ids & set(t["runIds"])]
+
+    wait_until(
+        lambda: ids <= {i for t in ticks_with_these_runs() for i in t["runIds"]},
+        "the ticks that started the storm's runs to record them",
+    )
+    storm_ticks = ticks_with_these_runs()
     statuses = {r.run_id: deployment.wait_for_run(r.run_id, timeout=600) for r in runs}
     print(
         f"storm: {len(BURST_KEYS)} markers put in {burst_seconds:.2f}s, then {len(stream)} more; "
