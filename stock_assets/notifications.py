@@ -33,6 +33,8 @@ NOTIFIED_RUN_TAG = "stock_assets/notification_run_id"
 EMAILED_BY_LAUNCHER_TAG = "stock_assets/emailed_by_launcher"
 
 TRIGGER_MARKER = "s3-marker"
+# What a canceled run's email gives as its failure (Dagster records no failure event for it).
+CANCELED_REASON = "the run was canceled before it finished"
 
 # PostgreSQL-backed Dagster instances index run tags on (key, value) with a btree, whose entries
 # may not exceed 2,704 bytes: a longer (incompressible) tag value makes creating the run fail, and

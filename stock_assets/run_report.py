@@ -37,6 +37,7 @@ from stock_assets.metadata import (
     TableMetadata,
 )
 from stock_assets.notifications import (
+    CANCELED_REASON,
     EMAILED_BY_LAUNCHER_TAG,
     NOTIFICATION_ID_TAG,
     NOTIFICATION_TAG,
@@ -342,7 +343,7 @@ def redeliver_lost_emails(
         run = record.dagster_run
         reason = None
         if run.status == DagsterRunStatus.CANCELED:
-            reason = "the run was canceled before it finished"
+            reason = CANCELED_REASON
         elif run.status == DagsterRunStatus.FAILURE:
             failures = instance.get_records_for_run(
                 run.run_id, of_type=DagsterEventType.RUN_FAILURE

@@ -37,7 +37,7 @@ from stock_assets.markers import (
     parse_cursor,
 )
 from stock_assets.metadata import PARQUET, RAW_STOCK_FILES, stocks_observation
-from stock_assets.notifications import sensor_interval_seconds, shorten_key
+from stock_assets.notifications import CANCELED_REASON, sensor_interval_seconds, shorten_key
 from stock_assets.pipeline.s3 import list_objects
 from stock_assets.resources import PipelineSettings, SNSResource
 from stock_assets.run_report import publish_run_outcome, redeliver_lost_emails
@@ -194,7 +194,7 @@ def sns_on_pipeline_failure(
 def sns_on_pipeline_canceled(
     context: RunStatusSensorContext, sns: SNSResource, settings: PipelineSettings
 ) -> None:
-    _notify(context, sns, settings, False, "the run was canceled before it finished")
+    _notify(context, sns, settings, False, CANCELED_REASON)
 
 
 @sensor(
