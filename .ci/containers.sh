@@ -11,6 +11,7 @@
 # Without a working podman the stage fails loudly when CI=true, and skips (with the reason) on a
 # developer's machine. Env: STOCK_ASSETS_CI_CACHE (debootstrap root cache, default
 # ~/.cache/stock-assets), STOCK_ASSETS_KEEP_STACK=1 (leave the stack up for debugging).
+# `bash .ci/containers.sh images` builds the images and stops there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -254,11 +255,19 @@ stack_tests() {
         stock_assets_tests/test_compose_stack.py
 }
 
+# `containers.sh images` builds the images only (.ci/run does that while make test runs; the
+# whole stage after it then finds them in podman's build cache).
+if [ "${1:-}" = images ]; then
+    phase "base images (debootstrap stand-ins)" bases
+    phase "build stock-assets + emulator" build_app
+    phase "build stock-assets-airflow" build_airflow
+    exit 0
+fi
 phase "tools (docker-compose v2, podman)" tools
 phase "base images (debootstrap stand-ins)" bases
-phase "podman API service" api
-phase "healthcheck driver" start_health_ticker
 phase "build stock-assets + emulator" build_app
 phase "build stock-assets-airflow" build_airflow
+phase "podman API service" api
+phase "healthcheck driver" start_health_ticker
 phase "docker/.env" env_file
 phase "compose stack end to end (pytest)" stack_tests
