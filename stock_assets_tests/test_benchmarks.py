@@ -163,6 +163,27 @@ def test_quick_latency_report_times_a_marker_through_a_real_deployment(tmp_path)
     assert "marker → run start" in markdown
 
 
+def test_quick_bookkeeping_report_splits_each_run_into_pipeline_and_dagster(tmp_path):
+    """`python -m benchmarks.bookkeeping --quick`: the job run on each instance storage (SQLite on
+    disk, PostgreSQL, and SQLite on tmpfs where there is one); every run succeeds and is split
+    into the pipeline and Dagster's own time, read from its event log (no timing target)."""
+    _, report, markdown = run_quick("benchmarks.bookkeeping", tmp_path, "bookkeeping-quick")
+    assert report["summary"]["verified"] is True
+    assert {"sqlite_disk", "postgres"} <= set(report["runs"])
+    for runs in report["runs"].values():
+        [run] = runs
+        assert run["success"] is True
+        # The same run everywhere: its materialisations and check evaluations, each an event.
+        assert run["events"] == report["runs"]["sqlite_disk"][0]["events"] > 13 * 2
+        parts = run["before_step_seconds"] + run["pipeline_seconds"] + run["after_pipeline_seconds"]
+        assert 0 < run["pipeline_seconds"] < run["run_seconds"]
+        assert parts <= run["run_seconds"] + 0.01
+        assert run["bookkeeping_seconds"] == pytest.approx(
+            run["run_seconds"] - run["pipeline_seconds"], abs=1e-3
+        )
+    assert "Dagster's share" in markdown and "sqlite_disk" in markdown
+
+
 def test_ab_runs_the_working_tree_and_a_revision_in_alternating_pairs(tmp_path):
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
