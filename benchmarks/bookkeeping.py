@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +36,21 @@ from benchmarks.run import RESULTS_DIR, _log, _machine
 QUICK_FILES = 40
 
 
-def _instances(workdir: Path, database_url: str) -> dict[str, Any]:
+def _instances(workdir: Path, stack: Any, tmpfs_home: Path | None) -> dict[str, Any]:
     from dagster import DagsterInstance
 
+    from stock_assets_tests.deployment import dagster_storage_url
+
+    storage_url = dagster_storage_url(stack, "dagster_bookkeeping")
     homes: dict[str, tuple[Path, str]] = {
         "sqlite_disk": (workdir / "home-disk", ""),
         "postgres": (
             workdir / "home-postgres",
-            # SQLAlchemy 2.1 takes a bare postgresql:// URL as psycopg 3's; psycopg2 is installed.
-            "storage:\n  postgres:\n    postgres_url: "
-            + json.dumps(database_url.replace("postgresql://", "postgresql+psycopg2://", 1))
-            + "\n",
+            f"storage:\n  postgres:\n    postgres_url: {json.dumps(storage_url)}\n",
         ),
     }
-    shm = Path("/dev/shm")  # noqa: S108 (tmpfs on purpose: SQLite without the fsync cost)
-    if shm.is_dir():
-        homes["sqlite_tmpfs"] = (Path(tempfile.mkdtemp(prefix="bookkeeping-", dir=shm)), "")
-        # Found (and removed) through a link in the workdir.
-        (workdir / "home-tmpfs").symlink_to(homes["sqlite_tmpfs"][0])
+    if tmpfs_home is not None:
+        homes["sqlite_tmpfs"] = (tmpfs_home, "")
     instances = {}
     for name, (home, storage) in homes.items():
         home.mkdir(exist_ok=True)
@@ -88,7 +85,9 @@ def _measure_run(job: Any, instance: Any) -> dict[str, Any]:
     }
 
 
-def measure(workdir: Path, rounds: int, warmup: bool, files: int | None) -> dict[str, Any]:
+def measure(
+    workdir: Path, tmpfs_home: Path | None, rounds: int, warmup: bool, files: int | None
+) -> dict[str, Any]:
     from stock_assets.aws import aws_client
     from stock_assets.bucket_layout import FILTER_NAME, find_data_dir
     from stock_assets.local.seed import seed_source_bucket
@@ -110,7 +109,7 @@ def measure(workdir: Path, rounds: int, warmup: bool, files: int | None) -> dict
         from stock_assets.jobs import STOCK_PIPELINE_JOB
 
         job = defs.resolve_job_def(STOCK_PIPELINE_JOB)
-        instances = _instances(workdir, stack.env["STOCK_ASSETS_DATABASE_URL"])
+        instances = _instances(workdir, stack, tmpfs_home)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in instances}
         for index in range(rounds + (1 if warmup else 0)):
             for name, instance in instances.items():
@@ -173,15 +172,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 5)
     files = QUICK_FILES if args.quick else None
-    workdir = Path(tempfile.mkdtemp(prefix="stock-assets-bookkeeping-"))
+    shm = Path("/dev/shm")  # noqa: S108 (tmpfs on purpose: SQLite without the fsync cost)
     started_at, load_before = time.strftime("%Y-%m-%dT%H:%M:%S%z"), os.getloadavg()
-    try:
-        result = measure(workdir, rounds, warmup=not args.quick, files=files)
-    finally:
-        tmpfs = workdir / "home-tmpfs"
-        if tmpfs.is_symlink():
-            shutil.rmtree(tmpfs.resolve(), ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+    with (
+        tempfile.TemporaryDirectory(
+            prefix="stock-assets-bookkeeping-", ignore_cleanup_errors=True
+        ) as workdir,
+        tempfile.TemporaryDirectory(dir=shm) if shm.is_dir() else nullcontext() as tmpfs_home,
+    ):
+        result = measure(
+            Path(workdir),
+            Path(tmpfs_home) if tmpfs_home else None,
+            rounds,
+            warmup=not args.quick,
+            files=files,
+        )
     report = {
         "schema": 1,
         "mode": "quick" if args.quick else "full",
