@@ -18,7 +18,6 @@ B − A, its median and mean) and prints one summary line.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import signal
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import dataset
+from benchmarks.report import save_report
 from benchmarks.run import (
     REPO_ROOT,
     RESULTS_DIR,
@@ -157,9 +157,7 @@ def measure(rev: str, pairs: int, files: int | None, out: Path, name: str) -> di
         f"{pairs} pairs); B − A median {diff['median']:+}s, mean {diff['mean']:+}s, "
         f"B faster in {diff['b_faster_in']} of {pairs}"
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"ab-{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / f"ab-{name}.md").write_text(_markdown(report))
+    save_report(out, f"ab-{name}", report, _markdown(report))
     return report
 
 

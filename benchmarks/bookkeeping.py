@@ -31,6 +31,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import save_report
 from benchmarks.run import RESULTS_DIR, _log, _machine
 
 QUICK_FILES = 40
@@ -198,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "conditions": {**_machine(), "load_average_before": [round(x, 2) for x in load_before]},
     }
     stem = "bookkeeping-quick" if args.quick else "bookkeeping"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(report))
+    save_report(args.out, stem, report, markdown(report))
     for name, m in report["summary"]["medians"].items():
         print(f"bookkeeping ({report['mode']}) {name}: run {m['run_seconds']}s, Dagster's share "
               f"{m['bookkeeping_seconds']}s, {m['events']} events")  # fmt: skip

@@ -15,7 +15,6 @@ Writes `<out>/latency.{json,md}` (`latency-quick.*` with `--quick`: one marker; 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import save_report
 from benchmarks.run import RESULTS_DIR, _log, _machine
 from stock_assets_tests.deployment import wait_until
 
@@ -197,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "conditions": {**_machine(), "load_average_before": [round(x, 2) for x in load_before]},
     }
     stem = "latency-quick" if args.quick else "latency"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(report))
+    save_report(args.out, stem, report, markdown(report))
     m = report["summary"]["medians"]
     print(
         f"latency ({mode}): marker → run start {m['marker_to_run_start_seconds']}s, run end → "

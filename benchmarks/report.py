@@ -413,10 +413,14 @@ def _duckdb_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_reports(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def save_report(out_dir: Path, stem: str, report: dict[str, Any], text: str) -> tuple[Path, Path]:
+    """`<out_dir>/<stem>.json` (the report) and `<stem>.md` (`text`, its Markdown)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"{report['mode']}.json"
-    md_path = out_dir / f"{report['mode']}.md"
-    json_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    md_path.write_text(markdown(report))
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(text)
     return json_path, md_path
+
+
+def write_reports(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    return save_report(out_dir, report["mode"], report, markdown(report))

@@ -37,7 +37,7 @@ from typing import Any
 import psutil
 
 from benchmarks import dataset
-from benchmarks.report import linear_fit
+from benchmarks.report import linear_fit, save_report
 from benchmarks.run import (
     RESULTS_DIR,
     Runner,
@@ -344,10 +344,8 @@ def _write(report: dict[str, Any], out_dir: Path, load_before: tuple[float, ...]
         "each run's load average); every run's S3 traffic passes through a counting proxy "
         "(its CPU is reported apart, not in the totals)",
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = "scaling" if report["mode"] == "full" else f"scaling-{report['mode']}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(report))
+    save_report(out_dir, stem, report, markdown(report))
 
 
 def _mb(value: float) -> str:
@@ -480,8 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(args.rerender.read_text())
         for path in PATHS:
             report["paths"][path]["summary"] = _summary(report["paths"][path]["points"])
-        args.rerender.write_text(json.dumps(report, indent=2) + "\n")
-        args.rerender.with_suffix(".md").write_text(markdown(report))
+        save_report(args.rerender.parent, args.rerender.stem, report, markdown(report))
         return 0
     for sig in (signal.SIGTERM, signal.SIGINT):  # still stop moto and PostgreSQL
         signal.signal(sig, _stop)
